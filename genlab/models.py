@@ -165,6 +165,32 @@ class Model:
         self.require(Capability.SAMPLE)
         raise NotImplementedError
 
+    def encode(self, images):
+        """Latent of float images [N, C, H, W] in [0, 1]."""
+        self.require(Capability.ENCODE)
+        raise NotImplementedError
+
+    def decode(self, latents):
+        """Images in [0, 1] from latents."""
+        self.require(Capability.DECODE)
+        raise NotImplementedError
+
+    def reconstruct(self, images):
+        """Images in [0, 1] after a round trip through the model's latent."""
+        self.require(Capability.RECONSTRUCT)
+        raise NotImplementedError
+
+    def interpolate(self, start, end, steps: int = 8, method: str = "slerp"):
+        """Images along the model's own path between two images."""
+        self.require(Capability.INTERPOLATE)
+        raise NotImplementedError
+
+    def bits_per_dim(self, images_uint8, *, k: int = 64, seed: int = 0) -> dict:
+        """An upper bound on -log2 P(x) per dimension of 8-bit images:
+        ``{"bpd": float, "method": str, "images": int, ...}``."""
+        self.require(Capability.LIKELIHOOD)
+        raise NotImplementedError
+
     @classmethod
     def describe(cls) -> dict:
         return {

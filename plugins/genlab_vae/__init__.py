@@ -134,7 +134,8 @@ class VAE(Model):
         dims = net.dims
         # -log2 P(x) <= -log2 p(y) + 8 D for y = (x + u) / 256
         to_bpd = lambda log_p: float((-torch.cat(log_p).mean() / dims) / math.log(2) + 8.0)  # noqa: E731
-        return {"iwae_bpd": to_bpd(iwae), "elbo_bpd": to_bpd(elbo), "k": k, "images": len(images_uint8)}
+        return {"bpd": to_bpd(iwae), "method": f"IWAE bound, k={k}", "elbo_bpd": to_bpd(elbo),
+                "k": k, "images": len(images_uint8)}
 
     def latent_diagnostics(self, images, threshold: float = 0.01) -> dict:
         """Per-dimension KL (nats, averaged over images) and active units.

@@ -1,0 +1,1 @@
+"""genlab's eval runner: suites in this folder, reports under runs/."""

@@ -1,0 +1,59 @@
+import importlib.metadata
+import os
+import sys
+from pathlib import Path
+
+import pytest
+
+os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+import genlab  # noqa: E402
+from genlab import plugins, registry  # noqa: E402
+
+HERE = Path(__file__).parent
+EXAMPLE_PLUGIN = HERE / "plugin_example"
+
+
+@pytest.fixture
+def clean_registry():
+    """A registry rebuilt from scratch for the test, and again afterwards."""
+    plugins.reset()
+    registry.refresh()
+    yield
+    plugins.reset()
+    registry.refresh()
+
+
+@pytest.fixture
+def fake_entry_points(monkeypatch, clean_registry):
+    """Replace installed entry points with the ones a test names: ``fake_entry_points({"name": "module"})``."""
+
+    def install(mapping: dict[str, str]):
+        if str(EXAMPLE_PLUGIN) not in sys.path:
+            monkeypatch.syspath_prepend(str(EXAMPLE_PLUGIN))
+        eps = importlib.metadata.EntryPoints(
+            importlib.metadata.EntryPoint(name=n, value=v, group="genlab") for n, v in mapping.items()
+        )
+        real = importlib.metadata.entry_points
+
+        def entry_points(**kwargs):
+            return eps if kwargs.get("group") == "genlab" else real(**kwargs)
+
+        monkeypatch.setattr(importlib.metadata, "entry_points", entry_points)
+        plugins.reset()
+        registry.refresh()
+
+    return install
+
+
+@pytest.fixture(scope="session")
+def tiny_vae_dir(tmp_path_factory):
+    """A seeded VAE trained for a few steps on the 8x8 digits, saved like a real run."""
+    from genlab.training import TrainConfig, train
+
+    config = TrainConfig(
+        model="vae", dataset="digits", steps=40, batch_size=64, learning_rate=3e-3, seed=0,
+        checkpoint_every=20, network={"image_size": 8, "latent_dim": 4, "channels": [8, 16], "hidden": 32},
+    )
+    return train(config, tmp_path_factory.mktemp("tiny-vae"), progress=False)

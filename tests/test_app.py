@@ -1,0 +1,69 @@
+"""The app launched in-process and driven the way a user (or a script) drives it: through gradio_client."""
+
+import pytest
+from gradio_client import Client
+from PIL import Image
+
+import genlab.app as app_module
+from genlab import plugins, registry
+
+
+@pytest.fixture
+def served(fake_entry_points, tiny_vae_dir, monkeypatch):
+    """The app with the in-tree VAE (tiny weights), the example plugin and one broken plugin."""
+    fake_entry_points({"vae": "genlab_vae", "example": "genlab_example", "broken": "genlab_no_such_module"})
+    monkeypatch.setattr("genlab_vae.VAE.default_weights", tiny_vae_dir)
+    app_module._model.cache_clear()
+    demo = app_module.build_app()
+    url = app_module.launch(demo, port=None)
+    try:
+        yield Client(url, verbose=False, analytics_enabled=False)
+    finally:
+        demo.close()
+        app_module._model.cache_clear()
+
+
+def test_sample_tab_returns_vae_samples(served):
+    gallery, caption = served.predict(3, 5, 1.0, "mean", api_name="/sample_vae")
+    assert len(gallery) == 5
+    images = [Image.open(item["image"]) for item in gallery]
+    assert all(img.size == (32, 32) for img in images)  # 8x8 digits shown 4x
+    assert "5 samples, seed 3, 1 network evaluation" in caption
+
+
+def test_same_seed_gives_the_same_images(served):
+    first, _ = served.predict(11, 2, 1.0, "mean", api_name="/sample_vae")
+    second, _ = served.predict(11, 2, 1.0, "mean", api_name="/sample_vae")
+    assert [Image.open(a["image"]).tobytes() for a in first] == [Image.open(b["image"]).tobytes() for b in second]
+
+
+def test_third_party_model_gets_its_own_widgets_and_endpoint(served):
+    gallery, caption = served.predict(0, 4, 0.5, api_name="/sample_uniform_noise")
+    assert len(gallery) == 4 and "uniform-noise" in caption
+
+
+def test_bad_option_is_a_clear_error_not_a_crash(served):
+    from gradio_client.exceptions import AppError
+
+    with pytest.raises(AppError, match="invalid option temperature=7.0 for model vae"):
+        served.predict(0, 2, 7.0, "mean", api_name="/sample_vae")
+
+
+def test_plugins_tab_lists_loaded_and_failed_plugins(served):
+    result = served.predict(api_name="/plugins")
+    loaded = {row[1]: row for row in result["loaded"]}
+    assert loaded["vae"][0] == "vae" and "likelihood" in loaded["vae"][3]
+    assert loaded["uniform-noise"][0] == "example"
+    (failed,) = result["failed"]
+    assert failed[0] == "broken" and "ModuleNotFoundError" in failed[1]
+
+
+def test_option_widgets_follow_the_schema():
+    import gradio as gr
+    from genlab_vae import VAE
+
+    fields = VAE.Options.model_fields
+    temperature = app_module.option_widget("temperature", fields["temperature"])
+    output = app_module.option_widget("output", fields["output"])
+    assert isinstance(temperature, gr.Slider) and (temperature.minimum, temperature.maximum) == (0.0, 3.0)
+    assert isinstance(output, gr.Dropdown) and [c[0] for c in output.choices] == ["mean", "sample"]

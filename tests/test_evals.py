@@ -1,0 +1,59 @@
+"""The eval runner end to end on the 8x8 digits, with a tiny N."""
+
+import json
+
+import pytest
+
+from evals.runner import EvalConfig, load_suite, run_eval
+from genlab import GenlabError
+
+
+@pytest.fixture
+def with_example_plugin(fake_entry_points):
+    fake_entry_points({"vae": "genlab_vae", "example": "genlab_example"})
+
+
+def test_eval_end_to_end_on_digits(tmp_path, tiny_vae_dir, with_example_plugin):
+    config = EvalConfig(
+        dataset="digits", num_samples=60, likelihood_images=20, likelihood_k=4, batch_size=25,
+        models=[{"id": "vae", "weights": str(tiny_vae_dir)}, {"id": "uniform-noise", "options": {"brightness": 1.0}}],
+    )
+    report = run_eval(config, out_dir=tmp_path / "run")
+    metrics = json.loads((tmp_path / "run" / "metrics.json").read_text())
+    vae, noise = metrics["models"]
+    assert metrics["num_samples"] == 60 and metrics["feature_extractor"] == "mnist-classifier"
+    for row in (vae, noise):
+        assert row["fid"] > 0 and row["kid"] is not None and row["images_per_second"] > 0
+        assert (tmp_path / "run" / row["sample_grid"]).is_file()
+    # capabilities decide the columns: the VAE has a likelihood and reconstructions, noise has neither
+    assert 8.0 < vae["likelihood"]["bpd"] and vae["reconstruction_mse"] >= 0
+    assert "likelihood" not in noise and "reconstruction_mse" not in noise
+    # uniform noise is the worst thing a model can do; the real data floor is the best
+    assert metrics["real_data_floor"]["fid"] < noise["fid"]
+    assert vae["parameters"] > 0 and vae["training"]["steps"] == 40
+    text = report.read_text()
+    assert "| vae | vae |" in text and "| uniform-noise | baseline |" in text
+    assert "mnist-classifier" in text and "60 samples per model" in text
+
+
+def test_suite_file_lists_models_with_options(tmp_path):
+    suite = tmp_path / "suite.toml"
+    suite.write_text('dataset = "digits"\nnum_samples = 10\nmodels = ["vae", {id = "vae", label = "hot", options = {temperature = 2.0}}]\n')
+    config = load_suite(suite)
+    assert [m.name for m in config.models] == ["vae", "hot"] and config.name == "suite"
+    suite.write_text("num_samples = 1\n")
+    with pytest.raises(GenlabError, match="invalid num_samples"):
+        load_suite(suite)
+
+
+def test_fid_of_a_set_with_itself_is_zero_and_grows_with_a_shift():
+    import torch
+
+    from evals.runner import fidelity_metrics
+    from genlab.datasets import load_dataset
+
+    images = load_dataset("digits", "all").images[:200]
+    same = fidelity_metrics(images, images, "mnist-classifier")
+    assert same["fid"] == pytest.approx(0.0, abs=1e-3)
+    darker = (images.float() * 0.5).to(torch.uint8)
+    assert fidelity_metrics(darker, images, "mnist-classifier")["fid"] > 1.0
