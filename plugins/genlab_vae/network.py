@@ -28,8 +28,8 @@ class VAENetwork(ModelMixin, ConfigMixin):
         channels (tuple, default (32, 64)): conv widths of the two stride-2 stages.
         hidden (int, default 256): width of the fully connected layer on each side of z.
         likelihood (str, default "gaussian"): decoder p(x|z): "gaussian" (mean plus one learned
-            scale, a proper density), "bernoulli" (classic, pixels as probabilities; not a density on
-            continuous values, so no bits/dim), or "continuous-bernoulli" (a proper density on [0, 1]).
+            scale), "bernoulli" (classic: intensities as probabilities, trained with binary cross-
+            entropy), or "continuous-bernoulli" (the Bernoulli normalised into a density on [0, 1]).
         beta (float, default 1.0): weight of the KL term in the training objective.
     """
 
@@ -92,9 +92,17 @@ class VAENetwork(ModelMixin, ConfigMixin):
             return (probs < torch.sigmoid(out)).float()
         return torch.distributions.ContinuousBernoulli(logits=out).icdf(probs.clamp(1e-6, 1 - 1e-6))
 
-    def log_px_given_z(self, x, out):
-        """log p(x|z) per image, summed over pixels (nats)."""
+    def log_px_given_z(self, x, out, density: bool = False):
+        """log p(x|z) per image, summed over pixels (nats).
+
+        Binary cross-entropy on intensities is not a density on continuous pixel values, so
+        ``density=True`` (used for likelihoods in bits/dim) evaluates a Bernoulli decoder as the
+        continuous Bernoulli with the same logits (Loaiza-Ganem & Cunningham, 2019): a proper
+        density, hence a valid bound, for the decoder the model was trained with.
+        """
         kind = self.config.likelihood
+        if density and kind == "bernoulli":
+            kind = "continuous-bernoulli"
         if kind == "gaussian":
             log_sigma = self.log_sigma
             mean = torch.sigmoid(out)
@@ -121,15 +129,15 @@ class VAENetwork(ModelMixin, ConfigMixin):
         """The training terms; going through forward keeps multi-GPU (DDP) gradient sync intact."""
         return self.elbo(x, generator)
 
-    def elbo(self, x, generator=None):
+    def elbo(self, x, generator=None, density: bool = False):
         """Per-image ELBO terms (nats): {"elbo", "recon", "kl"}, with one reparameterized z each."""
         mu, logvar = self.encode(x)
         z = self.reparameterize(mu, logvar, generator)
-        recon = self.log_px_given_z(x, self.decode(z))
+        recon = self.log_px_given_z(x, self.decode(z), density)
         kl = self.kl_per_dim(mu, logvar).sum(1)
         return {"elbo": recon - kl, "recon": recon, "kl": kl}
 
-    def iwae_bound(self, x, k: int, generator=None, chunk: int = 64):
+    def iwae_bound(self, x, k: int, generator=None, chunk: int = 64, density: bool = False):
         """log p(x) >= log (1/k) sum_i p(x, z_i) / q(z_i|x), z_i ~ q(z|x); per image, nats. k=1 is the ELBO."""
         mu, logvar = self.encode(x)
         std = (0.5 * logvar).exp()
@@ -141,7 +149,7 @@ class VAENetwork(ModelMixin, ConfigMixin):
             log_q = (-0.5 * eps.pow(2) - 0.5 * logvar - 0.5 * LOG_2PI).sum(-1)
             log_prior = (-0.5 * z.pow(2) - 0.5 * LOG_2PI).sum(-1)
             out = self.decode(z.flatten(0, 1))
-            log_px = self.log_px_given_z(x.repeat(n, 1, 1, 1), out).view(n, -1)
+            log_px = self.log_px_given_z(x.repeat(n, 1, 1, 1), out, density).view(n, -1)
             log_weights.append(log_px + log_prior - log_q)
         log_weights = torch.cat(log_weights, 0)
         return torch.logsumexp(log_weights, 0) - math.log(k)
