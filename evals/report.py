@@ -18,6 +18,8 @@ def fmt(value, digits: int = 3) -> str:
     if isinstance(value, float):
         if abs(value) >= 1000:
             return f"{value:,.0f}"
+        if abs(value) >= 100:
+            return f"{value:.1f}"
         return f"{value:.{digits}g}" if abs(value) < 0.01 else f"{value:.{digits}f}"
     return str(value)
 

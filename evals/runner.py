@@ -105,7 +105,8 @@ def fidelity_metrics(generated, reference, extractor: str, *, seed: int = 0) -> 
     metrics = torch_fidelity.calculate_metrics(
         input1=Images(generated), input2=Images(reference),
         feature_extractor=name, fid=True, kid=True, isc=with_isc, prc=True,
-        kid_subset_size=min(1000, n), kid_subsets=100, isc_splits=min(10, max(1, n // 50)),
+        # subsets smaller than N, or every subset is the whole set and the spread says nothing
+        kid_subset_size=min(1000, max(2, n // 2)), kid_subsets=100, isc_splits=min(10, max(1, n // 50)),
         cuda=torch.cuda.is_available(), cache=False, batch_size=250, save_cpu_ram=True,
         verbose=False, rng_seed=seed,
     )
@@ -153,10 +154,11 @@ def run_eval(config: EvalConfig, out_dir: str | Path | None = None) -> Path:
     from genlab.datasets import load_dataset, to_unit
     from genlab.images import grid
     from genlab.models import Capability
-    from genlab.registry import get_feature_extractor, get_model, get_models
+    from genlab.registry import get_dataset_spec, get_feature_extractor, get_model, get_models
     from genlab.training import code_version
 
-    get_feature_extractor(config.feature_extractor)  # fail before any sampling
+    get_feature_extractor(config.feature_extractor)  # fail on a typo before any folder or sample is made
+    get_dataset_spec(config.dataset)
     entries = config.models or [ModelEntry(id=m) for m in get_models(Capability.SAMPLE)]
     if not entries:
         raise GenlabError("no model that can sample is registered: install a plugin (see `genlab plugins`)")
@@ -192,7 +194,7 @@ def run_eval(config: EvalConfig, out_dir: str | Path | None = None) -> Path:
             "capabilities": sorted(c.value for c in model.capabilities),
             "parameters": model.parameter_count(), "nfe": nfe,
             "images_per_second": n / seconds if seconds > 0 else None,
-            "latency_seconds": _latency(model, entry, config.seed),
+            "latency_ms": 1000 * _latency(model, entry, config.seed),
             "training": {k: model.metadata().get(k) for k in ("steps", "wall_seconds", "cpu_seconds", "dataset")},
             **fidelity_metrics(images, reference, config.feature_extractor, seed=config.seed),
         }

@@ -32,6 +32,8 @@ class Capability(str, enum.Enum):
     PROMPT = "prompt"  # text-conditioned sampling
     ATTENTION = "attention"  # cross-attention maps per prompt token
     LIKELIHOOD = "likelihood"  # a bound on the negative log-likelihood, in bits/dim
+    FORWARD_PROCESS = "forward-process"  # closed-form noising q(x_t | x_0) and its schedule
+    IMAGE_TO_IMAGE = "image-to-image"  # start from a user's image and let the model redraw it
 
 
 class Options(BaseModel):

@@ -175,6 +175,7 @@ def train(config: TrainConfig, run_dir: str | Path, *, progress: bool = True, ma
             )
     saved_config.write_text(json.dumps(config.model_dump(), indent=2))
 
+    version = code_version()  # at the start: edits made while a long run trains are not part of it
     accelerator = Accelerator()
     torch.manual_seed(config.seed)
     network = model_class.create_network(**config.network)
@@ -293,7 +294,7 @@ def train(config: TrainConfig, run_dir: str | Path, *, progress: bool = True, ma
                 "device": str(accelerator.device),
                 "torch_threads": torch.get_num_threads(),
                 "config": config.model_dump(),
-                "code_version": code_version(),
+                "code_version": version,
                 "torch_version": torch.__version__,
                 "finished_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
             }

@@ -45,8 +45,25 @@ def test_third_party_model_gets_its_own_widgets_and_endpoint(served):
 def test_bad_option_is_a_clear_error_not_a_crash(served):
     from gradio_client.exceptions import AppError
 
-    with pytest.raises(AppError, match="invalid option temperature=7.0 for model vae"):
+    with pytest.raises(AppError, match="greater than maximum value 3.0"):
         served.predict(0, 2, 7.0, "mean", api_name="/sample_vae")
+    # the app still serves afterwards
+    gallery, _ = served.predict(0, 1, 1.0, "mean", api_name="/sample_vae")
+    assert len(gallery) == 1
+
+
+def test_model_errors_become_one_sentence_gradio_errors(tiny_vae_dir, monkeypatch):
+    import gradio as gr
+
+    monkeypatch.setattr("genlab_vae.VAE.default_weights", tiny_vae_dir)
+    app_module._model.cache_clear()
+    with pytest.raises(gr.Error, match="invalid option temperature=7.0 for model vae"):
+        app_module.sample_images("vae", 0, 2, {"temperature": 7.0})
+    with pytest.raises(gr.Error, match="count must be between 1 and 64"):
+        app_module.sample_images("vae", 0, 0, {})
+    with pytest.raises(gr.Error, match="unknown model 'nope'"):
+        app_module.sample_images("nope", 0, 1, {})
+    app_module._model.cache_clear()
 
 
 def test_plugins_tab_lists_loaded_and_failed_plugins(served):

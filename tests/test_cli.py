@@ -34,12 +34,15 @@ def run(capsys, *args):
         (["frobnicate"], "Error: No such command 'frobnicate'."),
     ],
 )
-def test_user_mistakes_give_one_line_and_non_zero_exit(capsys, args, message):
+def test_user_mistakes_give_one_line_and_non_zero_exit(capsys, tmp_path, args, message):
+    if args[0] == "eval":
+        args = [*args, "--out", str(tmp_path / "report")]
     code, out, err = run(capsys, *args)
     assert code != 0
     assert message in err
     assert len(err.strip().splitlines()) == 1, err
     assert "Traceback" not in err
+    assert not (tmp_path / "report").exists()  # nothing half-made is left behind
 
 
 def test_no_traceback_from_the_installed_command():

@@ -5,7 +5,8 @@ import math
 import pytest
 import torch
 
-from genlab_vae import VAE, interpolate_latents
+from genlab.interpolation import interpolate_latents
+from genlab_vae import VAE
 from genlab_vae.network import VAENetwork
 
 
