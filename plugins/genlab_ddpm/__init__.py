@@ -1,0 +1,365 @@
+"""genlab's pixel-space DDPM: forward noising in closed form, reverse denoising with diffusers schedulers.
+
+Images live in [-1, 1] inside this module (x = 2 * pixel - 1) and in [0, 1] at its edges. The
+network is a diffusers ``UNet2DModel`` (see ``network.py``); samplers are diffusers' DDPM, DDIM and
+DPM-Solver++ schedulers driven by one loop of ours, which records the trajectory and runs with
+inference mode, channels-last memory and, on request, bfloat16 autocast.
+
+This module imports no torch at import time, so listing plugins stays fast.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field
+
+import genlab
+from genlab import Capability, Model, Samples
+from genlab.errors import GenlabError
+
+WEIGHTS = Path(__file__).parent / "weights" / "ddpm-mnist-5k"
+SAMPLERS = ("ddpm", "ddim", "dpm-solver++")
+
+
+def _unwrap(network):
+    return getattr(network, "module", network)
+
+
+class DDPM(Model):
+    model_id = "ddpm"
+    family = "diffusion"
+    description = (
+        "Pixel-space denoising diffusion (DDPM): a UNet learns to predict the noise added by a fixed "
+        "forward process; sampling runs the reverse process from pure noise in many small steps."
+    )
+    capabilities = frozenset({
+        Capability.SAMPLE, Capability.TRAJECTORY, Capability.FORWARD_PROCESS, Capability.ENCODE,
+        Capability.DECODE, Capability.RECONSTRUCT, Capability.INTERPOLATE, Capability.LIKELIHOOD,
+        Capability.IMAGE_TO_IMAGE,
+    })
+    default_weights = WEIGHTS
+
+    class Options(genlab.Options):
+        sampler: Literal["ddpm", "ddim", "dpm-solver++"] = Field(
+            "ddim", description="ddpm: ancestral; ddim: deterministic at eta 0; dpm-solver++: 2nd-order ODE solver"
+        )
+        steps: int = Field(50, ge=1, le=1000, description="Denoising steps = network evaluations (NFE)")
+        eta: float = Field(0.0, ge=0.0, le=1.0, description="DDIM noise: 0 deterministic, 1 like DDPM")
+        precision: Literal["fp32", "bf16"] = Field("fp32", description="bf16 autocast is faster on CPUs with AMX/AVX512-BF16")
+
+    @classmethod
+    def network_class(cls):
+        from .network import DenoisingUNet
+
+        return DenoisingUNet
+
+    def load_network(self, weights):
+        import torch
+
+        net = super().load_network(weights)
+        return net.to(memory_format=torch.channels_last)  # faster convolutions on CPU
+
+    # ----- schedule helpers ----------------------------------------------------------------------
+    @property
+    def num_train_timesteps(self) -> int:
+        return self.network.config.num_train_timesteps
+
+    def _alpha_bar(self, network=None):
+        net = _unwrap(network if network is not None else self.network)
+        cache = getattr(net, "_genlab_alpha_bar", None)
+        if cache is None:
+            cache = net.alphas_cumprod.float()
+            net._genlab_alpha_bar = cache
+        return cache
+
+    @staticmethod
+    def _x0_and_eps(out, x_t, alpha_bar_t, prediction_type: str):
+        """The network output as (predicted x_0, predicted noise), for either parameterization."""
+        a = alpha_bar_t.sqrt().view(-1, 1, 1, 1)
+        s = (1 - alpha_bar_t).sqrt().view(-1, 1, 1, 1)
+        if prediction_type == "v":
+            return a * x_t - s * out, s * x_t + a * out
+        return (x_t - s * out) / a, out
+
+    def check_options(self, options) -> "DDPM.Options":
+        opts = self.parse_options(options)
+        T = self.num_train_timesteps
+        if opts.steps > T:
+            raise GenlabError(f"steps={opts.steps} is more than the model's T={T}: choose 1 to {T}")
+        return opts
+
+    # ----- training ------------------------------------------------------------------------------
+    def training_loss(self, network, batch, generator=None):
+        import torch
+        from torch.nn import functional as F
+
+        from genlab.datasets import to_unit
+
+        net = _unwrap(network)
+        x0 = to_unit(batch["images"]) * 2 - 1
+        device = x0.device
+        T = net.config.num_train_timesteps
+        t = torch.randint(0, T, (len(x0),), generator=generator).to(device)
+        noise = torch.randn(x0.shape, generator=generator).to(device)
+        alpha_bar = self._alpha_bar(net).to(device)[t].view(-1, 1, 1, 1)
+        x_t = alpha_bar.sqrt() * x0 + (1 - alpha_bar).sqrt() * noise
+        target = noise if net.config.prediction_type == "epsilon" else alpha_bar.sqrt() * noise - (1 - alpha_bar).sqrt() * x0
+        out = network(x_t, t).sample
+        return F.mse_loss(out, target), {}
+
+    # ----- forward process -----------------------------------------------------------------------
+    def schedule_curves(self) -> dict:
+        """alpha-bar_t and SNR_t = alpha-bar_t / (1 - alpha-bar_t) for t = 1..T."""
+        ab = self._alpha_bar().double()
+        return {"t": list(range(1, len(ab) + 1)), "alpha_bar": ab.tolist(), "snr": (ab / (1 - ab)).tolist()}
+
+    def noise(self, images, t: int, *, seed: int = 0):
+        """A draw from q(x_t | x_0) in closed form: sqrt(ab_t) x_0 + sqrt(1 - ab_t) eps; images in [0, 1]."""
+        import torch
+
+        T = self.num_train_timesteps
+        if not 1 <= t <= T:
+            raise GenlabError(f"t={t} is outside 1..{T}")
+        ab = self._alpha_bar()[t - 1]
+        eps = torch.randn(images.shape, generator=torch.Generator().manual_seed(seed))
+        return ((ab.sqrt() * (images * 2 - 1) + (1 - ab).sqrt() * eps) + 1) / 2
+
+    # ----- reverse process -----------------------------------------------------------------------
+    def trajectory(self, count: int = 1, *, seed: int = 0, options=None, x_T=None, start_index: int = 0,
+                   record_every: int = 1):
+        """Run the reverse process, yielding a dict per recorded step:
+        ``{"step", "steps", "t", "x_t", "x0_hat"}`` (images in [0, 1]); the last one is the sample."""
+        import contextlib
+
+        import torch
+
+        opts = self.check_options(options)
+        net = self.network
+        c = net.config
+        generator = torch.Generator().manual_seed(seed)
+        scheduler = net.scheduler(opts.sampler, **({} if opts.sampler != "ddim" else {}))
+        scheduler.set_timesteps(opts.steps)
+        timesteps = scheduler.timesteps[start_index:]
+        if x_T is None:
+            x = torch.randn((count, c.in_channels, c.sample_size, c.sample_size), generator=generator)
+            x = x * scheduler.init_noise_sigma
+        else:
+            x = x_T.clone()
+        x = x.contiguous(memory_format=torch.channels_last)
+        alpha_bar = self._alpha_bar()
+        autocast = (torch.autocast("cpu", dtype=torch.bfloat16) if opts.precision == "bf16"
+                    else contextlib.nullcontext())
+        step_kwargs = {"eta": opts.eta} if opts.sampler == "ddim" else {}
+        if opts.sampler in ("ddpm", "ddim"):
+            step_kwargs["generator"] = generator
+        with torch.inference_mode():
+            for i, t in enumerate(timesteps):
+                with autocast:
+                    out = net(scheduler.scale_model_input(x, t), t).sample
+                out = out.float()
+                x_prev = scheduler.step(out, t, x, **step_kwargs).prev_sample
+                last = i == len(timesteps) - 1
+                if last or (record_every and i % record_every == 0):
+                    x0_hat, _ = self._x0_and_eps(out, x, alpha_bar[int(t)].expand(len(x)), c.prediction_type)
+                    yield {"step": i + 1, "steps": len(timesteps), "t": int(t) + 1,
+                           "x_t": ((x_prev.clamp(-1, 1) + 1) / 2), "x0_hat": ((x0_hat.clamp(-1, 1) + 1) / 2)}
+                x = x_prev
+
+    def sample(self, count, *, seed=0, options=None) -> Samples:
+        opts = self.check_options(options)
+        start = time.perf_counter()
+        final = None
+        for final in self.trajectory(count, seed=seed, options=opts, record_every=0):
+            pass
+        return Samples(images=final["x_t"], nfe=opts.steps, seconds=time.perf_counter() - start,
+                       info={"sampler": opts.sampler})
+
+    # ----- DDIM inversion: the diffusion model's encoder -----------------------------------------
+    def _ddim_timesteps(self, steps: int):
+        T = self.num_train_timesteps
+        if not 1 <= steps <= T:
+            raise GenlabError(f"steps={steps} must be between 1 and T={T}")
+        import torch
+
+        return torch.linspace(0, T - 1, steps).round().long().unique()  # ascending
+
+    def _ddim_step(self, x, t: int, from_bar, to_bar, eps_at=None):
+        """One deterministic DDIM move of x from noise level from_bar to to_bar, using the network at t.
+
+        Encoding and decoding take the same step in opposite directions, so each undoes the other
+        when the network is evaluated at the same point (``eps_at``); nothing is clipped.
+        """
+        import torch
+
+        net = self.network
+        probe = x if eps_at is None else eps_at  # where the network is evaluated
+        out = net(probe.contiguous(memory_format=torch.channels_last), t).sample
+        _, eps = self._x0_and_eps(out, probe, self._alpha_bar()[t].expand(len(x)), net.config.prediction_type)
+        x0_hat = (x - (1 - from_bar).sqrt() * eps) / from_bar.sqrt()
+        return to_bar.sqrt() * x0_hat + (1 - to_bar).sqrt() * eps
+
+    def encode(self, images, steps: int = 50, refine: int = 2):
+        """Deterministic DDIM inversion: images in [0, 1] to the noise x_T that DDIM decodes back to them.
+
+        Plain inversion evaluates the network at the point it leaves (eps(x_s, t) stands in for
+        eps(x_t, t)); ``refine`` fixed-point iterations per step re-evaluate it at the point it
+        arrives at, which makes decode(encode(x)) close to exact (each costs one more NFE per step).
+        """
+        import torch
+
+        ab = self._alpha_bar()
+        x = images.float() * 2 - 1
+        level = torch.tensor(1.0)
+        with torch.inference_mode():
+            for t in self._ddim_timesteps(steps).tolist():
+                target = self._ddim_step(x, t, level, ab[t])
+                for _ in range(refine):
+                    # the x_t whose decoding step lands on x: x_t = F(x, eps(x_t, t))
+                    target = self._ddim_step(x, t, level, ab[t], eps_at=target)
+                x, level = target, ab[t]
+        return x
+
+    def decode(self, x_T, steps: int = 50):
+        """Deterministic DDIM (eta 0) from noise x_T back to images in [0, 1]."""
+        import torch
+
+        ab = self._alpha_bar()
+        timesteps = self._ddim_timesteps(steps).tolist()[::-1]
+        x = x_T.float()
+        with torch.inference_mode():
+            for i, t in enumerate(timesteps):
+                to_bar = ab[timesteps[i + 1]] if i + 1 < len(timesteps) else torch.tensor(1.0)
+                x = self._ddim_step(x, t, ab[t], to_bar)
+        return ((x.clamp(-1, 1) + 1) / 2)
+
+    def reconstruct(self, images, steps: int = 50):
+        """Invert to x_T and decode back; the round-trip error measures how faithful inversion is."""
+        return self.decode(self.encode(images, steps), steps)
+
+    def interpolate(self, start, end, steps: int = 8, method: str = "slerp", ddim_steps: int = 50):
+        """Slerp between the inverted noises of two real images, each point decoded by DDIM."""
+        import torch
+
+        from genlab.interpolation import interpolate_latents
+
+        noises = self.encode(torch.stack([start, end]), ddim_steps)
+        shape = noises.shape[1:]
+        path = interpolate_latents(noises[0].flatten(), noises[1].flatten(), steps, method)
+        return self.decode(path.view(steps, *shape), ddim_steps)
+
+    # ----- image to image (SDEdit) ---------------------------------------------------------------
+    def edit(self, images, *, strength: float = 0.5, seed: int = 0, options=None):
+        """Noise images in [0, 1] to t = strength * T and denoise them back (SDEdit)."""
+        import torch
+
+        if not 0 < strength <= 1:
+            raise GenlabError(f"strength={strength} must be in (0, 1]")
+        opts = self.check_options(options)
+        scheduler = self.network.scheduler(opts.sampler)
+        scheduler.set_timesteps(opts.steps)
+        t_start = int(round(strength * self.num_train_timesteps)) - 1
+        start_index = int((scheduler.timesteps > t_start).sum())
+        if start_index >= len(scheduler.timesteps):
+            return images
+        t = int(scheduler.timesteps[start_index])
+        generator = torch.Generator().manual_seed(seed)
+        ab = self._alpha_bar()[t]
+        noise = torch.randn(images.shape, generator=generator)
+        x_t = ab.sqrt() * (images.float() * 2 - 1) + (1 - ab).sqrt() * noise
+        final = None
+        for final in self.trajectory(len(images), seed=seed, options=opts, x_T=x_t, start_index=start_index,
+                                     record_every=0):
+            pass
+        return final["x_t"]
+
+    # ----- likelihood ----------------------------------------------------------------------------
+    def bits_per_dim(self, images_uint8, *, k: int = 1, seed: int = 0, batch_size: int = 100,
+                     timesteps: int | None = None) -> dict:
+        """The variational bound (Ho et al. 2020, eq. 5) in bits/dim, on 8-bit images.
+
+        L = KL(q(x_T|x_0) || N(0, I)) + sum_{t=2..T} KL(q(x_{t-1}|x_t,x_0) || p(x_{t-1}|x_t)) - log p(x_0|x_1),
+        with p's variance fixed to the posterior's (beta-tilde) and a discretized Gaussian decoder
+        (sigma_1^2 = beta_1) that gives the probability of each 8-bit value directly. Each KL term is
+        estimated with ``k`` draws of x_t; ``timesteps`` < T estimates the sum from evenly strided
+        terms (scaled up), otherwise all T terms are computed.
+        """
+        import torch
+
+        net = self.network
+        T = net.config.num_train_timesteps
+        ab = net.alphas_cumprod  # float64, index i = paper's t = i + 1
+        betas = 1 - ab / torch.cat([torch.ones(1, dtype=ab.dtype), ab[:-1]])
+        terms = list(range(1, T)) if not timesteps or timesteps >= T - 1 else \
+            torch.linspace(1, T - 1, timesteps).round().long().unique().tolist()
+        scale = (T - 1) / len(terms)
+        generator = torch.Generator().manual_seed(seed)
+        totals = []
+        with torch.inference_mode():
+            for batch in images_uint8.split(batch_size):
+                x0 = (batch.double() / 255) * 2 - 1
+                dims = x0[0].numel()
+                # prior term L_T
+                abT = ab[-1]
+                prior = 0.5 * (abT * x0.pow(2) + (1 - abT) - 1 - torch.log(1 - abT)).flatten(1).sum(1)
+                kl_sum = torch.zeros(len(x0), dtype=torch.float64)
+                for i in terms:  # paper t = i + 1 >= 2
+                    for _ in range(k):
+                        kl_sum += scale / k * self._kl_term(net, x0, i, ab, betas, generator)
+                decoder = self._decoder_nll(net, x0, ab, betas, generator)
+                totals.append(prior + kl_sum + decoder)
+        nats = torch.cat(totals)
+        bpd = nats / (dims * math.log(2))
+        method = "variational bound, all T terms" if scale == 1 else f"variational bound, {len(terms)} of {T} terms"
+        return {"bpd": float(bpd.mean()), "bpd_stderr": float(bpd.std() / math.sqrt(len(bpd))) if len(bpd) > 1 else 0.0,
+                "method": method + f", {k} draw(s) of x_t per term", "images": len(images_uint8), "k": k}
+
+    def _predict_x0(self, net, x_t, i: int, ab):
+        import torch
+
+        t = torch.full((len(x_t),), i, dtype=torch.long)
+        out = net(x_t.float().contiguous(memory_format=torch.channels_last), t).sample.double()
+        x0_hat, _ = self._x0_and_eps(out, x_t, ab[i].expand(len(x_t)), net.config.prediction_type)
+        return x0_hat
+
+    def _kl_term(self, net, x0, i, ab, betas, generator):
+        """KL(q(x_{t-1}|x_t,x_0) || p(x_{t-1}|x_t)) for paper t = i + 1, one draw of x_t, per image (nats)."""
+        import torch
+
+        eps = torch.randn(x0.shape, generator=generator, dtype=torch.float64)
+        x_t = ab[i].sqrt() * x0 + (1 - ab[i]).sqrt() * eps
+        x0_hat = self._predict_x0(net, x_t, i, ab)
+        coef_x0 = ab[i - 1].sqrt() * betas[i] / (1 - ab[i])
+        posterior_var = (1 - ab[i - 1]) / (1 - ab[i]) * betas[i]
+        # equal variances: only the means differ, and only through x0
+        return (0.5 * (coef_x0 * (x0 - x0_hat)).pow(2) / posterior_var).flatten(1).sum(1)
+
+    def _decoder_nll(self, net, x0, ab, betas, generator):
+        """-log p(x_0 | x_1) with a discretized Gaussian over the 256 pixel bins, per image (nats)."""
+        import torch
+
+        eps = torch.randn(x0.shape, generator=generator, dtype=torch.float64)
+        x1 = ab[0].sqrt() * x0 + (1 - ab[0]).sqrt() * eps
+        mean = self._predict_x0(net, x1, 0, ab)
+        return -discretized_gaussian_log_likelihood(x0, mean, 0.5 * torch.log(betas[0])).flatten(1).sum(1)
+
+
+def discretized_gaussian_log_likelihood(x, mean, log_scale):
+    """log P(x) for x on the 256-level grid in [-1, 1] under N(mean, exp(log_scale)^2) integrated over
+    each pixel's bin of width 2/255; the end bins extend to -inf and +inf."""
+    import torch
+
+    normal = torch.distributions.Normal(torch.zeros((), dtype=mean.dtype), torch.ones((), dtype=mean.dtype))
+    inv_std = torch.exp(-log_scale)
+    upper = normal.cdf((x - mean + 1 / 255) * inv_std)
+    lower = normal.cdf((x - mean - 1 / 255) * inv_std)
+    prob = torch.where(x < -0.999, upper, torch.where(x > 0.999, 1 - lower, upper - lower))
+    return torch.log(prob.clamp_min(1e-12))
+
+
+@genlab.hookimpl
+def register_models(register):
+    register(DDPM)
