@@ -29,6 +29,7 @@ class ModelEntry(BaseModel):
     label: str | None = None
     weights: str | None = None
     options: dict = Field(default_factory=dict)
+    likelihood: dict = Field(default_factory=dict)  # keyword arguments for the model's bits_per_dim
 
     @property
     def name(self) -> str:
@@ -46,7 +47,6 @@ class EvalConfig(BaseModel):
     feature_extractor: str = "mnist-classifier"
     batch_size: int = Field(250, ge=1, le=10_000)
     likelihood_images: int = Field(500, ge=1)
-    likelihood_k: int = Field(64, ge=1, le=10_000)
 
     @field_validator("models", mode="before")
     @classmethod
@@ -201,7 +201,7 @@ def run_eval(config: EvalConfig, out_dir: str | Path | None = None) -> Path:
         if model.can(Capability.LIKELIHOOD):
             subset = heldout.images[: config.likelihood_images]
             try:
-                row["likelihood"] = model.bits_per_dim(subset, k=config.likelihood_k, seed=config.seed)
+                row["likelihood"] = model.bits_per_dim(subset, seed=config.seed, **entry.likelihood)
             except GenlabError as exc:
                 row["likelihood"] = {"unavailable": str(exc)}
         if model.can(Capability.RECONSTRUCT):

@@ -7,6 +7,7 @@ Tabs and widgets follow the registry: a model appears in the Sample tab because 
 from __future__ import annotations
 
 import functools
+import inspect
 import os
 import re
 import typing
@@ -22,15 +23,16 @@ CONCURRENCY_LIMIT = 2  # two cores: more parallel model calls only slow each oth
 MAX_COUNT = 64
 
 
-def api_name_for(model_id: str) -> str:
-    return "sample_" + re.sub(r"\W", "_", model_id)
-
-
 @functools.lru_cache(maxsize=None)
 def _model(model_id: str):
     from .registry import get_model
 
     return get_model(model_id)
+
+
+def api_name(action: str, model_id: str) -> str:
+    """The endpoint of an action for a model, e.g. sample_vae, reverse_ddpm."""
+    return f"{action}_{re.sub(r'[^0-9A-Za-z_]', '_', model_id)}"
 
 
 # ----- work functions (plain Python, called by the UI and by tests) ----------------------------
@@ -53,6 +55,121 @@ def sample_images(model_id: str, seed, count, options: dict):
         f"{'s' if result.nfe != 1 else ''} per image, {result.seconds * 1000:.0f} ms"
     )
     return [(img, f"seed {int(seed)} #{i}") for i, img in enumerate(images)], caption
+
+
+@functools.lru_cache(maxsize=4)
+def _heldout(dataset: str = "mnist-5k"):
+    from .datasets import load_dataset, to_unit
+
+    return to_unit(load_dataset(dataset, "heldout").images)
+
+
+def _show(image, scale: int = 8):
+    from .images import to_pil_list
+
+    return to_pil_list(image.unsqueeze(0) if image.dim() == 3 else image[:1], scale=scale)[0]
+
+
+def _curves_figure(model, t: int):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    curves = model.schedule_curves()
+    fig, ax = plt.subplots(figsize=(4.2, 3.0), dpi=100)
+    ax.plot(curves["t"], curves["alpha_bar"], label="ᾱ_t (signal kept)")
+    ax.set_xlabel("t")
+    ax.set_ylim(0, 1.02)
+    ax2 = ax.twinx()
+    ax2.plot(curves["t"], 10 * np.log10(np.array(curves["snr"])), color="tab:orange", label="SNR (dB)")
+    ax2.set_ylabel("SNR (dB)")
+    ax.axvline(t, color="gray", linestyle="--")
+    fig.legend(loc="upper right", fontsize=8)
+    fig.tight_layout()
+    plt.close(fig)
+    return fig
+
+
+def forward_view(model_id: str, index, t, seed):
+    """A held-out digit, its noised version at step t, the numbers, and the schedule curves."""
+    import math
+
+    try:
+        model = _model(model_id)
+        model.require(Capability.FORWARD_PROCESS)
+        digits = _heldout()
+        index, t = int(index), int(t)
+        if not 0 <= index < len(digits):
+            raise GenlabError(f"digit index must be between 0 and {len(digits) - 1}, got {index}")
+        T = model.num_train_timesteps
+        t = min(max(t, 1), T)
+        x0 = digits[index : index + 1]
+        xt = model.noise(x0, t, seed=int(seed))
+        ab = model.schedule_curves()["alpha_bar"][t - 1]
+    except GenlabError as exc:
+        raise gr.Error(str(exc), print_exception=False) from None
+    snr = ab / (1 - ab)
+    text = (f"t = {t} of {T}: ᾱ_t = {ab:.4f}, so x_t keeps {math.sqrt(ab):.3f} of the image and "
+            f"{math.sqrt(1 - ab):.3f} noise; SNR = {snr:.4g} ({10 * math.log10(snr):.1f} dB)")
+    return _show(x0), _show(xt), text, _curves_figure(model, t)
+
+
+def reverse_stream(model_id: str, seed, frames, options: dict):
+    """Yield (x_t, x̂_0, caption) while the reverse process runs, from noise to a digit."""
+    import time
+
+    try:
+        model = _model(model_id)
+        model.require(Capability.TRAJECTORY)
+        opts = model.parse_options(options)
+        steps = getattr(opts, "steps", 1)
+        every = max(1, steps // max(1, int(frames) - 1))
+        start = time.perf_counter()
+        for frame in model.trajectory(1, seed=int(seed), options=opts, record_every=every):
+            elapsed = time.perf_counter() - start
+            done = frame["step"] == frame["steps"]
+            caption = (f"{'done' if done else 'step'} {frame['step']}/{frame['steps']} (t = {frame['t']}), "
+                       f"{frame['step']} network evaluations, {elapsed:.2f} s"
+                       + (f" — sampler {opts.sampler}" if hasattr(opts, "sampler") else ""))
+            yield _show(frame["x_t"]), _show(frame["x0_hat"]), caption
+    except GenlabError as exc:
+        raise gr.Error(str(exc), print_exception=False) from None
+
+
+def drawing_to_digit(sketch):
+    """A Sketchpad value (black strokes) as an MNIST-like float image [1, 1, 28, 28]: white on black."""
+    import numpy as np
+    import torch
+    from PIL import Image
+
+    if sketch is None:
+        raise GenlabError("draw a digit first")
+    layer = sketch.get("composite") if isinstance(sketch, dict) else sketch
+    if layer is None:
+        raise GenlabError("draw a digit first")
+    array = np.asarray(layer).astype(np.float32)
+    if array.ndim == 3 and array.shape[-1] == 4:
+        ink = array[..., 3] / 255 * (1 - array[..., :3].mean(-1) / 255)
+    else:
+        gray = array.mean(-1) if array.ndim == 3 else array
+        ink = 1 - gray / 255
+    if ink.max() <= 0.05:
+        raise GenlabError("the canvas is empty: draw a digit first")
+    small = Image.fromarray((ink * 255).astype(np.uint8)).resize((28, 28), Image.LANCZOS)
+    return torch.from_numpy(np.asarray(small, dtype=np.float32) / 255).view(1, 1, 28, 28)
+
+
+def clean_up_drawing(model_id: str, sketch, strength, seed):
+    try:
+        model = _model(model_id)
+        model.require(Capability.IMAGE_TO_IMAGE)
+        digit = drawing_to_digit(sketch)
+        cleaned = model.edit(digit, strength=float(strength), seed=int(seed))
+    except GenlabError as exc:
+        raise gr.Error(str(exc), print_exception=False) from None
+    return _show(digit), _show(cleaned)
 
 
 def plugin_rows():
@@ -104,10 +221,41 @@ def option_widget(name: str, field):
 
 
 # ----- the app ---------------------------------------------------------------------------------
+def _per_model_controls(models: dict, key: str, label: str, handler, inputs: list, outputs: list, model_choice):
+    """One group of option widgets and a button per model, shown for the model picked in
+    ``model_choice``; the button calls ``handler(model_id, *inputs, options_dict)`` through the queue
+    with the API name ``{key}_{model}``."""
+    groups = []
+    for model_id, cls in models.items():
+        with gr.Group(visible=model_id == model_choice.value) as group:
+            fields = cls.Options.model_fields
+            widgets = [option_widget(name, field) for name, field in fields.items()]
+            button = gr.Button(f"{label} {model_id}", variant="primary", elem_id=f"{key}-button-{model_id}")
+        groups.append(group)
+
+        def call(values, _id=model_id, _names=tuple(fields), _n=len(inputs)):
+            return handler(_id, *values[:_n], dict(zip(_names, values[_n:])))
+
+        if inspect.isgeneratorfunction(handler):  # Gradio streams only from generator functions
+            def run(*values, _call=call):
+                yield from _call(values)
+        else:
+            def run(*values, _call=call):
+                return _call(values)
+
+        button.click(run, [*inputs, *widgets], outputs, api_name=api_name(key, model_id))
+
+    def show(model_id):
+        return [gr.update(visible=mid == model_id) for mid in models]
+
+    model_choice.change(show, model_choice, groups, api_visibility="private")
+
+
 def build_app() -> gr.Blocks:
     from .registry import get_models
 
     samplers = get_models(Capability.SAMPLE)
+    diffusers_ = get_models(Capability.TRAJECTORY)
     with gr.Blocks(title="genlab") as demo:
         gr.Markdown(
             "# genlab\nSee and measure how generative image models differ. "
@@ -123,26 +271,16 @@ def build_app() -> gr.Blocks:
                     seed = gr.Number(value=0, precision=0, label="seed", elem_id="sample-seed")
                     count = gr.Slider(1, MAX_COUNT, value=16, step=1, label="count", elem_id="sample-count")
                 description = gr.Markdown(samplers[first].description)
+                model_choice.change(lambda m: samplers[m].description, model_choice, description,
+                                    api_visibility="private")
                 gallery = gr.Gallery(label="samples", columns=8, height="auto", format="png", elem_id="sample-gallery")
                 caption = gr.Markdown(elem_id="sample-caption")
-                groups = []
-                for model_id, cls in samplers.items():
-                    with gr.Group(visible=model_id == first) as group:
-                        fields = cls.Options.model_fields
-                        widgets = [option_widget(name, field) for name, field in fields.items()]
-                        button = gr.Button(f"Sample {model_id}", variant="primary",
-                                           elem_id=f"sample-button-{model_id}")
-                    groups.append(group)
+                _per_model_controls(samplers, "sample", "Sample", sample_images, [seed, count],
+                                    [gallery, caption], model_choice)
 
-                    def run(seed_value, count_value, *values, _id=model_id, _names=tuple(fields)):
-                        return sample_images(_id, seed_value, count_value, dict(zip(_names, values)))
-
-                    button.click(run, [seed, count, *widgets], [gallery, caption], api_name=api_name_for(model_id))
-
-                def show(model_id):
-                    return [gr.update(visible=mid == model_id) for mid in samplers] + [samplers[model_id].description]
-
-                model_choice.change(show, model_choice, [*groups, description], api_visibility="private")
+        if diffusers_:
+            with gr.Tab("Diffusion process", elem_id="tab-diffusion"):
+                _diffusion_tab(diffusers_)
 
         with gr.Tab("Plugins", elem_id="tab-plugins"):
             loaded, failed = plugin_rows()
@@ -157,6 +295,60 @@ def build_app() -> gr.Blocks:
                 gr.Markdown("No plugin failed to load.")
             gr.api(plugins_api, api_name="plugins")
     return demo
+
+
+def _diffusion_tab(models: dict):
+    first = next(iter(models))
+    gr.Markdown(
+        "**Forward process**: noise a real digit in closed form, "
+        "x_t = sqrt(ᾱ_t) x_0 + sqrt(1 - ᾱ_t) ε, and watch the signal-to-noise ratio fall. "
+        "**Reverse process**: start from pure noise and denoise step by step; beside x_t is the "
+        "model's current guess of the clean image, x̂_0."
+    )
+    model_choice = gr.Dropdown(list(models), value=first, label="model", elem_id="diffusion-model")
+    with gr.Row():
+        with gr.Column():
+            index = gr.Slider(0, 499, value=0, step=1, label="held-out digit", elem_id="forward-index")
+            t = gr.Slider(1, 1000, value=250, step=1, label="t", elem_id="forward-t")
+            noise_seed = gr.Number(value=0, precision=0, label="noise seed")
+            forward_text = gr.Markdown(elem_id="forward-text")
+        x0_view = gr.Image(label="x_0 (real digit)", image_mode="L", height=224, format="png")
+        xt_view = gr.Image(label="x_t ~ q(x_t | x_0)", image_mode="L", height=224, format="png")
+        curve = gr.Plot(label="ᾱ_t and SNR", elem_id="forward-curve")
+    forward_inputs = [model_choice, index, t, noise_seed]
+    forward_outputs = [x0_view, xt_view, forward_text, curve]
+    for control in (index, t, noise_seed, model_choice):
+        control.change(forward_view, forward_inputs, forward_outputs, api_visibility="private")
+    gr.Button("Noise it", elem_id="forward-button").click(forward_view, forward_inputs, forward_outputs,
+                                                             api_name="forward_process")
+
+    gr.Markdown("### Reverse process")
+    with gr.Row():
+        reverse_seed = gr.Number(value=0, precision=0, label="seed", elem_id="reverse-seed")
+        frames = gr.Slider(2, 50, value=20, step=1, label="frames to show")
+    with gr.Row():
+        xt_stream = gr.Image(label="x_t", image_mode="L", height=224, format="png", elem_id="reverse-xt")
+        x0_stream = gr.Image(label="x̂_0 (predicted clean image)", image_mode="L", height=224, format="png",
+                             elem_id="reverse-x0")
+        reverse_text = gr.Markdown(elem_id="reverse-text")
+    _per_model_controls(models, "reverse", "Denoise with", reverse_stream, [reverse_seed, frames],
+                        [xt_stream, x0_stream, reverse_text], model_choice)
+
+    editors = {m: c for m, c in models.items() if c.can(Capability.IMAGE_TO_IMAGE)}
+    if editors:
+        gr.Markdown("### Clean up a drawing (SDEdit)\nDraw a digit, noise it to t = strength × T, "
+                    "and let the model denoise it back onto the digits it knows.")
+        with gr.Row():
+            sketch = gr.Sketchpad(label="draw a digit", canvas_size=(280, 280), type="numpy",
+                                  image_mode="RGBA", elem_id="sketch")
+            with gr.Column():
+                strength = gr.Slider(0.05, 1.0, value=0.5, step=0.05, label="strength")
+                edit_seed = gr.Number(value=0, precision=0, label="seed")
+                edit_button = gr.Button("Clean up", elem_id="edit-button")
+            edit_in = gr.Image(label="your digit at 28x28", image_mode="L", height=224, format="png")
+            edit_out = gr.Image(label="cleaned up", image_mode="L", height=224, format="png")
+        edit_button.click(clean_up_drawing, [model_choice, sketch, strength, edit_seed], [edit_in, edit_out],
+                          api_name="image_to_image")
 
 
 def launch(demo: gr.Blocks, *, host: str = "127.0.0.1", port: int | None = None, block: bool = False):

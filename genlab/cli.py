@@ -173,8 +173,9 @@ def demo(host, port):
 def main(argv=None):
     try:
         cli.main(args=argv, prog_name="genlab", standalone_mode=False)
-    except click.exceptions.Abort:
-        click.echo("Aborted.", err=True)
+    except click.exceptions.Abort as exc:  # click turns Ctrl-C into Abort; keep our message
+        cause = exc.__cause__
+        click.echo(f"Stopped: {cause}" if cause is not None and str(cause) else "Aborted.", err=True)
         sys.exit(130)
     except click.ClickException as exc:
         click.echo(f"Error: {exc.format_message()}", err=True)

@@ -57,3 +57,20 @@ def tiny_vae_dir(tmp_path_factory):
         checkpoint_every=20, network={"image_size": 8, "latent_dim": 4, "channels": [8, 16], "hidden": 32},
     )
     return train(config, tmp_path_factory.mktemp("tiny-vae"), progress=False)
+
+
+TINY_DDPM_NETWORK = {
+    "sample_size": 8, "block_out_channels": [8, 16], "down_block_types": ["DownBlock2D", "AttnDownBlock2D"],
+    "up_block_types": ["AttnUpBlock2D", "UpBlock2D"], "norm_num_groups": 4, "attention_head_dim": 8,
+    "num_train_timesteps": 100,
+}
+
+
+@pytest.fixture(scope="session")
+def tiny_ddpm_dir(tmp_path_factory):
+    """A seeded 8x8 DDPM (T = 100) trained for a few steps on the digits, saved like a real run."""
+    from genlab.training import TrainConfig, train
+
+    config = TrainConfig(model="ddpm", dataset="digits", steps=20, batch_size=32, learning_rate=2e-3, seed=0,
+                         checkpoint_every=20, network=TINY_DDPM_NETWORK)
+    return train(config, tmp_path_factory.mktemp("tiny-ddpm"), progress=False)

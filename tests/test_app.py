@@ -9,10 +9,12 @@ from genlab import plugins, registry
 
 
 @pytest.fixture
-def served(fake_entry_points, tiny_vae_dir, monkeypatch):
-    """The app with the in-tree VAE (tiny weights), the example plugin and one broken plugin."""
-    fake_entry_points({"vae": "genlab_vae", "example": "genlab_example", "broken": "genlab_no_such_module"})
+def served(fake_entry_points, tiny_vae_dir, tiny_ddpm_dir, monkeypatch):
+    """The app with the in-tree VAE and DDPM (tiny weights), the example plugin and one broken plugin."""
+    fake_entry_points({"vae": "genlab_vae", "ddpm": "genlab_ddpm", "example": "genlab_example",
+                       "broken": "genlab_no_such_module"})
     monkeypatch.setattr("genlab_vae.VAE.default_weights", tiny_vae_dir)
+    monkeypatch.setattr("genlab_ddpm.DDPM.default_weights", tiny_ddpm_dir)
     app_module._model.cache_clear()
     demo = app_module.build_app()
     url = app_module.launch(demo, port=None)
@@ -84,3 +86,52 @@ def test_option_widgets_follow_the_schema():
     output = app_module.option_widget("output", fields["output"])
     assert isinstance(temperature, gr.Slider) and (temperature.minimum, temperature.maximum) == (0.0, 3.0)
     assert isinstance(output, gr.Dropdown) and [c[0] for c in output.choices] == ["mean", "sample"]
+
+
+def test_forward_process_shows_a_noised_digit_and_its_snr(served):
+    x0, xt, text, plot = served.predict("ddpm", 3, 50, 0, api_name="/forward_process")
+    clean, noisy = Image.open(x0), Image.open(xt)
+    assert clean.size == noisy.size == (224, 224)
+    assert clean.tobytes() != noisy.tobytes()
+    assert text.startswith("t = 50 of 100: ᾱ_t = ") and "SNR" in text
+
+
+def test_reverse_process_streams_from_noise_to_a_digit(served):
+    job = served.submit(0, 6, "ddim", 10, 0.0, "fp32", api_name="/reverse_ddpm")
+    frames = list(job)
+    assert len(frames) >= 5  # the caller sees the denoising as it happens, not only the end
+    captions = [caption for _, _, caption in frames]
+    assert captions[0].startswith("step 1/10") and captions[-1].startswith("done 10/10")
+    assert "10 network evaluations" in captions[-1]
+
+
+def test_reverse_process_rejects_more_steps_than_t(served):
+    from gradio_client.exceptions import AppError
+
+    with pytest.raises(AppError, match="steps=500 is more than the model's T=100"):
+        served.predict(0, 6, "ddim", 500, 0.0, "fp32", api_name="/reverse_ddpm")
+
+
+def test_drawing_is_cleaned_up(served, tmp_path):
+    import numpy as np
+
+    canvas = np.zeros((280, 280, 4), dtype=np.uint8)
+    canvas[60:220, 130:150] = (0, 0, 0, 255)  # a black stroke: a "1"
+    path = tmp_path / "one.png"
+    Image.fromarray(canvas, "RGBA").save(path)
+    from gradio_client import handle_file
+
+    sketch = {"background": None, "layers": [], "composite": handle_file(str(path))}
+    digit, cleaned = served.predict("ddpm", sketch, 0.3, 0, api_name="/image_to_image")
+    assert Image.open(digit).size == (224, 224) and Image.open(cleaned).size == (224, 224)
+
+
+def test_empty_drawing_is_a_clear_error():
+    import gradio as gr
+    import numpy as np
+
+    with pytest.raises(app_module.GenlabError, match="draw a digit first"):
+        app_module.drawing_to_digit(None)
+    with pytest.raises(app_module.GenlabError, match="canvas is empty"):
+        app_module.drawing_to_digit({"composite": np.zeros((50, 50, 4), dtype=np.uint8)})
+    assert gr  # the app turns these into gr.Error for the user (see clean_up_drawing)

@@ -15,8 +15,9 @@ def with_example_plugin(fake_entry_points):
 
 def test_eval_end_to_end_on_digits(tmp_path, tiny_vae_dir, with_example_plugin):
     config = EvalConfig(
-        dataset="digits", num_samples=60, likelihood_images=20, likelihood_k=4, batch_size=25,
-        models=[{"id": "vae", "weights": str(tiny_vae_dir)}, {"id": "uniform-noise", "options": {"brightness": 1.0}}],
+        dataset="digits", num_samples=60, likelihood_images=20, batch_size=25,
+        models=[{"id": "vae", "weights": str(tiny_vae_dir), "likelihood": {"k": 4}},
+                {"id": "uniform-noise", "options": {"brightness": 1.0}}],
     )
     report = run_eval(config, out_dir=tmp_path / "run")
     metrics = json.loads((tmp_path / "run" / "metrics.json").read_text())
@@ -57,3 +58,22 @@ def test_fid_of_a_set_with_itself_is_zero_and_grows_with_a_shift():
     assert same["fid"] == pytest.approx(0.0, abs=1e-3)
     darker = (images.float() * 0.5).to(torch.uint8)
     assert fidelity_metrics(darker, images, "mnist-classifier")["fid"] > 1.0
+
+
+def test_diffusion_rows_report_quality_against_nfe(tmp_path, tiny_ddpm_dir, fake_entry_points):
+    fake_entry_points({"ddpm": "genlab_ddpm"})
+    config = EvalConfig(
+        dataset="digits", num_samples=40, likelihood_images=10, batch_size=40,
+        models=[
+            {"id": "ddpm", "label": "ddim-5", "weights": str(tiny_ddpm_dir),
+             "options": {"sampler": "ddim", "steps": 5}, "likelihood": {"timesteps": 10}},
+            {"id": "ddpm", "label": "dpm-3", "weights": str(tiny_ddpm_dir),
+             "options": {"sampler": "dpm-solver++", "steps": 3}, "likelihood": {"timesteps": 10}},
+        ],
+    )
+    run_eval(config, out_dir=tmp_path / "run")
+    rows = {r["model"]: r for r in json.loads((tmp_path / "run" / "metrics.json").read_text())["models"]}
+    assert rows["ddim-5"]["nfe"] == 5 and rows["dpm-3"]["nfe"] == 3
+    assert rows["ddim-5"]["options"]["sampler"] == "ddim"
+    assert "10 of 100 terms" in rows["ddim-5"]["likelihood"]["method"]
+    assert rows["ddim-5"]["likelihood"]["bpd"] > 0 and rows["ddim-5"]["fid"] > 0

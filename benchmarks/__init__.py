@@ -1,0 +1,1 @@
+"""Benchmarks: speed measured and printed, never asserted in tests."""
