@@ -58,10 +58,15 @@ def sample_images(model_id: str, seed, count, options: dict):
 
 
 @functools.lru_cache(maxsize=4)
-def _heldout(dataset: str = "mnist-5k"):
+def _heldout_split(dataset: str):
     from .datasets import load_dataset, to_unit
 
     return to_unit(load_dataset(dataset, "heldout").images)
+
+
+def _heldout(model):
+    """Held-out real images of the dataset the model was trained on (mnist-5k when unknown)."""
+    return _heldout_split(model.metadata().get("dataset") or "mnist-5k")
 
 
 def _show(image, scale: int = 8):
@@ -99,7 +104,7 @@ def forward_view(model_id: str, index, t, seed):
     try:
         model = _model(model_id)
         model.require(Capability.FORWARD_PROCESS)
-        digits = _heldout()
+        digits = _heldout(model)
         index, t = int(index), int(t)
         if not 0 <= index < len(digits):
             raise GenlabError(f"digit index must be between 0 and {len(digits) - 1}, got {index}")
@@ -170,6 +175,39 @@ def clean_up_drawing(model_id: str, sketch, strength, seed):
     except GenlabError as exc:
         raise gr.Error(str(exc), print_exception=False) from None
     return _show(digit), _show(cleaned)
+
+
+def latent_view(model_id: str, index_a, index_b, steps, method):
+    """Two held-out digits, their reconstructions, and the model's own interpolation between them."""
+    import time
+
+    import torch
+
+    from .images import grid
+
+    try:
+        model = _model(model_id)
+        model.require(Capability.INTERPOLATE)
+        digits = _heldout(model)
+        a, b = int(index_a), int(index_b)
+        for i in (a, b):
+            if not 0 <= i < len(digits):
+                raise GenlabError(f"digit index must be between 0 and {len(digits) - 1}, got {i}")
+        pair = digits[[a, b]]
+        start = time.perf_counter()
+        path = model.interpolate(pair[0], pair[1], steps=int(steps), method=method)
+        seconds = time.perf_counter() - start
+        recon = model.reconstruct(pair) if model.can(Capability.RECONSTRUCT) else None
+    except GenlabError as exc:
+        raise gr.Error(str(exc), print_exception=False) from None
+    strip = grid(torch.cat([pair[:1], path, pair[1:]]), nrow=int(steps) + 2, scale=4)
+    pairs = None
+    caption = f"{method} between digits {a} and {b}, {int(steps)} points, {seconds:.2f} s"
+    if recon is not None:
+        pairs = grid(torch.cat([pair, recon]), nrow=2, scale=4)
+        mse = float((recon - pair).pow(2).mean())
+        caption += f"; reconstruction MSE {mse:.4f} (top: real, bottom: reconstructed)"
+    return strip, pairs, caption
 
 
 def plugin_rows():
@@ -282,6 +320,11 @@ def build_app() -> gr.Blocks:
             with gr.Tab("Diffusion process", elem_id="tab-diffusion"):
                 _diffusion_tab(diffusers_)
 
+        interpolators = get_models(Capability.INTERPOLATE)
+        if interpolators:
+            with gr.Tab("Latent space", elem_id="tab-latent"):
+                _latent_tab(interpolators)
+
         with gr.Tab("Plugins", elem_id="tab-plugins"):
             loaded, failed = plugin_rows()
             gr.Markdown("Models registered by installed plugins (entry-point group `genlab`).")
@@ -295,6 +338,27 @@ def build_app() -> gr.Blocks:
                 gr.Markdown("No plugin failed to load.")
             gr.api(plugins_api, api_name="plugins")
     return demo
+
+
+def _latent_tab(models: dict):
+    gr.Markdown(
+        "Each family walks between two real digits in its own way: a VAE encodes both and moves in "
+        "its compressed latent; a diffusion model inverts both to their noise with DDIM and moves "
+        "there (the latent has the size of the image). Left and right of the strip are the real digits."
+    )
+    with gr.Row():
+        model_choice = gr.Dropdown(list(models), value=next(iter(models)), label="model", elem_id="latent-model")
+        index_a = gr.Slider(0, 499, value=0, step=1, label="first digit")
+        index_b = gr.Slider(0, 499, value=1, step=1, label="second digit")
+        steps = gr.Slider(2, 16, value=8, step=1, label="points")
+        method = gr.Radio(["slerp", "lerp"], value="slerp", label="path")
+    strip = gr.Image(label="interpolation", format="png", elem_id="latent-strip")
+    with gr.Row():
+        pairs = gr.Image(label="reconstructions", format="png", elem_id="latent-recon")
+        caption = gr.Markdown(elem_id="latent-caption")
+    gr.Button("Interpolate", variant="primary", elem_id="latent-button").click(
+        latent_view, [model_choice, index_a, index_b, steps, method], [strip, pairs, caption], api_name="interpolate"
+    )
 
 
 def _diffusion_tab(models: dict):

@@ -91,7 +91,7 @@ def test_option_widgets_follow_the_schema():
 def test_forward_process_shows_a_noised_digit_and_its_snr(served):
     x0, xt, text, plot = served.predict("ddpm", 3, 50, 0, api_name="/forward_process")
     clean, noisy = Image.open(x0), Image.open(xt)
-    assert clean.size == noisy.size == (224, 224)
+    assert clean.size == noisy.size == (64, 64)  # an 8x8 digit of the model's own dataset, shown 8x
     assert clean.tobytes() != noisy.tobytes()
     assert text.startswith("t = 50 of 100: ᾱ_t = ") and "SNR" in text
 
@@ -135,3 +135,10 @@ def test_empty_drawing_is_a_clear_error():
     with pytest.raises(app_module.GenlabError, match="canvas is empty"):
         app_module.drawing_to_digit({"composite": np.zeros((50, 50, 4), dtype=np.uint8)})
     assert gr  # the app turns these into gr.Error for the user (see clean_up_drawing)
+
+
+@pytest.mark.parametrize("model_id", ["vae", "ddpm"])
+def test_latent_tab_interpolates_with_each_familys_own_method(served, model_id):
+    strip, pairs, caption = served.predict(model_id, 3, 7, 4, "slerp", api_name="/interpolate")
+    assert Image.open(strip).size[0] > Image.open(strip).size[1] * 4  # a strip of 2 + 4 images
+    assert Image.open(pairs) is not None and "reconstruction MSE" in caption
