@@ -162,7 +162,10 @@ def run_eval(config: EvalConfig, out_dir: str | Path | None = None) -> Path:
     entries = config.models or [ModelEntry(id=m) for m in get_models(Capability.SAMPLE)]
     if not entries:
         raise GenlabError("no model that can sample is registered: install a plugin (see `genlab plugins`)")
-    models = {e.name: get_model(e.id, weights=e.weights) for e in entries}
+    loaded: dict = {}  # one instance (and one copy of the weights) per model and checkpoint
+    models = {e.name: loaded.setdefault((e.id, e.weights), get_model(e.id, weights=e.weights)) for e in entries}
+    if len(models) != len(entries):
+        raise GenlabError("two models in the suite share a name: give each a distinct label")
     for entry in entries:
         models[entry.name].require(Capability.SAMPLE)
         models[entry.name].parse_options(entry.options)
@@ -184,7 +187,7 @@ def run_eval(config: EvalConfig, out_dir: str | Path | None = None) -> Path:
     floor = fidelity_metrics(heldout.images[:n], reference, config.feature_extractor, seed=config.seed)
     floor["num_images"] = min(n, len(heldout))
 
-    rows = []
+    rows, measured = [], {}
     for entry in entries:
         model = models[entry.name]
         images, seconds, nfe = _sample_all(model, entry, n, config.seed, config.batch_size)
@@ -198,17 +201,24 @@ def run_eval(config: EvalConfig, out_dir: str | Path | None = None) -> Path:
             "training": {k: model.metadata().get(k) for k in ("steps", "wall_seconds", "cpu_seconds", "dataset")},
             **fidelity_metrics(images, reference, config.feature_extractor, seed=config.seed),
         }
+        # likelihood and reconstruction don't depend on sampling options: once per set of weights
+        weights_key = (entry.id, entry.weights)
         if model.can(Capability.LIKELIHOOD):
-            subset = heldout.images[: config.likelihood_images]
-            try:
-                row["likelihood"] = model.bits_per_dim(subset, seed=config.seed, **entry.likelihood)
-            except GenlabError as exc:
-                row["likelihood"] = {"unavailable": str(exc)}
+            key = (*weights_key, json.dumps(entry.likelihood, sort_keys=True))
+            if key not in measured:
+                subset = heldout.images[: config.likelihood_images]
+                try:
+                    measured[key] = model.bits_per_dim(subset, seed=config.seed, **entry.likelihood)
+                except GenlabError as exc:
+                    measured[key] = {"unavailable": str(exc)}
+            row["likelihood"] = measured[key]
         if model.can(Capability.RECONSTRUCT):
-            x = to_unit(heldout.images[: config.likelihood_images])
-            with torch.inference_mode():
-                mse = float((model.reconstruct(x) - x).pow(2).mean())
-            row["reconstruction_mse"] = mse
+            key = (*weights_key, "reconstruction")
+            if key not in measured:
+                x = to_unit(heldout.images[: config.likelihood_images])
+                with torch.inference_mode():
+                    measured[key] = float((model.reconstruct(x) - x).pow(2).mean())
+            row["reconstruction_mse"] = measured[key]
         grid_path = out / "images" / f"{entry.name}.png"
         grid(images[:64].float() / 255, nrow=8, scale=2).save(grid_path)
         row["sample_grid"] = str(grid_path.relative_to(out))

@@ -122,8 +122,12 @@ def forward_view(model_id: str, index, t, seed):
 
 
 def reverse_stream(model_id: str, seed, frames, options: dict):
-    """Yield (x_t, x̂_0, caption) while the reverse process runs, from noise to a digit."""
+    """Yield (x_t, x̂_0, trajectory so far, caption) while the reverse process runs, noise to digit."""
     import time
+
+    import torch
+
+    from .images import grid
 
     try:
         model = _model(model_id)
@@ -132,13 +136,18 @@ def reverse_stream(model_id: str, seed, frames, options: dict):
         steps = getattr(opts, "steps", 1)
         every = max(1, steps // max(1, int(frames) - 1))
         start = time.perf_counter()
+        seen_xt, seen_x0 = [], []
         for frame in model.trajectory(1, seed=int(seed), options=opts, record_every=every):
             elapsed = time.perf_counter() - start
+            seen_xt.append(frame["x_t"][:1])
+            seen_x0.append(frame["x0_hat"][:1])
+            strip = grid(torch.cat(seen_xt + seen_x0), nrow=len(seen_xt), scale=3)
             done = frame["step"] == frame["steps"]
             caption = (f"{'done' if done else 'step'} {frame['step']}/{frame['steps']} (t = {frame['t']}), "
                        f"{frame['step']} network evaluations, {elapsed:.2f} s"
-                       + (f" — sampler {opts.sampler}" if hasattr(opts, "sampler") else ""))
-            yield _show(frame["x_t"]), _show(frame["x0_hat"]), caption
+                       + (f" — sampler {opts.sampler}" if hasattr(opts, "sampler") else "")
+                       + "; trajectory: x_t on top, x̂_0 below")
+            yield _show(frame["x_t"]), _show(frame["x0_hat"]), strip, caption
     except GenlabError as exc:
         raise gr.Error(str(exc), print_exception=False) from None
 
@@ -305,16 +314,24 @@ def build_app() -> gr.Blocks:
             else:
                 first = next(iter(samplers))
                 with gr.Row():
-                    model_choice = gr.Dropdown(list(samplers), value=first, label="model", elem_id="sample-model")
-                    seed = gr.Number(value=0, precision=0, label="seed", elem_id="sample-seed")
-                    count = gr.Slider(1, MAX_COUNT, value=16, step=1, label="count", elem_id="sample-count")
-                description = gr.Markdown(samplers[first].description)
-                model_choice.change(lambda m: samplers[m].description, model_choice, description,
-                                    api_visibility="private")
-                gallery = gr.Gallery(label="samples", columns=8, height="auto", format="png", elem_id="sample-gallery")
-                caption = gr.Markdown(elem_id="sample-caption")
-                _per_model_controls(samplers, "sample", "Sample", sample_images, [seed, count],
-                                    [gallery, caption], model_choice)
+                    with gr.Column(scale=1):
+                        model_choice = gr.Dropdown(list(samplers), value=first, label="model",
+                                                   elem_id="sample-model")
+                        description = gr.Markdown(samplers[first].description)
+                        with gr.Row():
+                            seed = gr.Number(value=0, precision=0, label="seed", elem_id="sample-seed")
+                            count = gr.Slider(1, MAX_COUNT, value=16, step=1, label="count",
+                                              elem_id="sample-count")
+                        model_choice.change(lambda m: samplers[m].description, model_choice, description,
+                                            api_visibility="private")
+                        controls = gr.Column()
+                    with gr.Column(scale=2):
+                        gallery = gr.Gallery(label="samples", columns=8, height="auto", format="png",
+                                             elem_id="sample-gallery")
+                        caption = gr.Markdown(elem_id="sample-caption")
+                with controls:
+                    _per_model_controls(samplers, "sample", "Sample", sample_images, [seed, count],
+                                        [gallery, caption], model_choice)
 
         if diffusers_:
             with gr.Tab("Diffusion process", elem_id="tab-diffusion"):
@@ -388,15 +405,21 @@ def _diffusion_tab(models: dict):
 
     gr.Markdown("### Reverse process")
     with gr.Row():
-        reverse_seed = gr.Number(value=0, precision=0, label="seed", elem_id="reverse-seed")
-        frames = gr.Slider(2, 50, value=20, step=1, label="frames to show")
-    with gr.Row():
-        xt_stream = gr.Image(label="x_t", image_mode="L", height=224, format="png", elem_id="reverse-xt")
-        x0_stream = gr.Image(label="x̂_0 (predicted clean image)", image_mode="L", height=224, format="png",
-                             elem_id="reverse-x0")
-        reverse_text = gr.Markdown(elem_id="reverse-text")
-    _per_model_controls(models, "reverse", "Denoise with", reverse_stream, [reverse_seed, frames],
-                        [xt_stream, x0_stream, reverse_text], model_choice)
+        with gr.Column(scale=1):
+            with gr.Row():
+                reverse_seed = gr.Number(value=0, precision=0, label="seed", elem_id="reverse-seed")
+                frames = gr.Slider(2, 50, value=20, step=1, label="frames to show")
+            controls = gr.Column()
+        with gr.Column(scale=2):
+            with gr.Row():
+                xt_stream = gr.Image(label="x_t", image_mode="L", height=224, format="png", elem_id="reverse-xt")
+                x0_stream = gr.Image(label="x̂_0 (predicted clean image)", image_mode="L", height=224,
+                                     format="png", elem_id="reverse-x0")
+            reverse_text = gr.Markdown(elem_id="reverse-text")
+    trajectory = gr.Image(label="trajectory", format="png", elem_id="reverse-trajectory")
+    with controls:
+        _per_model_controls(models, "reverse", "Denoise with", reverse_stream, [reverse_seed, frames],
+                            [xt_stream, x0_stream, trajectory, reverse_text], model_choice)
 
     editors = {m: c for m, c in models.items() if c.can(Capability.IMAGE_TO_IMAGE)}
     if editors:

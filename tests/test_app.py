@@ -100,7 +100,9 @@ def test_reverse_process_streams_from_noise_to_a_digit(served):
     job = served.submit(0, 6, "ddim", 10, 0.0, "fp32", api_name="/reverse_ddpm")
     frames = list(job)
     assert len(frames) >= 5  # the caller sees the denoising as it happens, not only the end
-    captions = [caption for _, _, caption in frames]
+    captions = [caption for _, _, _, caption in frames]
+    strip = Image.open(frames[-1][2])
+    assert strip.size[0] > 2.5 * strip.size[1]  # 6 recorded frames side by side, in 2 rows
     assert captions[0].startswith("step 1/10") and captions[-1].startswith("done 10/10")
     assert "10 network evaluations" in captions[-1]
 

@@ -49,7 +49,7 @@ class DDPM(Model):
         )
         steps: int = Field(50, ge=1, le=1000, description="Denoising steps = network evaluations (NFE)")
         eta: float = Field(0.0, ge=0.0, le=1.0, description="DDIM noise: 0 deterministic, 1 like DDPM")
-        precision: Literal["fp32", "bf16"] = Field("fp32", description="bf16 autocast is faster on CPUs with AMX/AVX512-BF16")
+        precision: Literal["fp32", "bf16"] = Field("fp32", description="bfloat16 autocast; benchmarks/ddpm_sampling.py tells whether it pays off on your machine")
 
     @classmethod
     def network_class(cls):
