@@ -18,6 +18,7 @@ import subprocess
 import time
 import tomllib
 from contextlib import contextmanager
+from copy import deepcopy
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -199,8 +200,7 @@ def train(config: TrainConfig, run_dir: str | Path, *, progress: bool = True, ma
     unwrapped = accelerator.unwrap_model(network)
 
     def ema_network():
-        copy = model_class.create_network(**config.network)
-        copy.load_state_dict(unwrapped.state_dict())
+        copy = deepcopy(unwrapped)
         ema.copy_to(copy.parameters())
         return copy
 

@@ -74,3 +74,16 @@ def tiny_ddpm_dir(tmp_path_factory):
     config = TrainConfig(model="ddpm", dataset="digits", steps=20, batch_size=32, learning_rate=2e-3, seed=0,
                          checkpoint_every=20, network=TINY_DDPM_NETWORK)
     return train(config, tmp_path_factory.mktemp("tiny-ddpm"), progress=False)
+
+
+TINY_FIRST_STAGE = {"image_size": 8, "padded_size": 8, "block_out_channels": [8, 16], "norm_num_groups": 4}
+
+
+@pytest.fixture(scope="session")
+def tiny_first_stage_dir(tmp_path_factory):
+    """A seeded 8x8 -> 4x4x4 first-stage autoencoder trained for a few steps on the digits."""
+    from genlab.training import TrainConfig, train
+
+    config = TrainConfig(model="ldm-autoencoder", dataset="digits", steps=10, batch_size=32, seed=0,
+                         checkpoint_every=10, network=TINY_FIRST_STAGE)
+    return train(config, tmp_path_factory.mktemp("tiny-first-stage"), progress=False)

@@ -8,10 +8,15 @@ This module stays light (no torch at import); the networks load on first use.
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
+from typing import Literal
+
+from pydantic import Field
 
 import genlab
-from genlab import Capability, Model
+from genlab import Capability, Model, Samples
+from genlab.errors import GenlabError
 
 WEIGHTS = Path(__file__).parent / "weights"
 
@@ -65,6 +70,152 @@ class LDMAutoencoder(Model):
         return reconstruction_metrics(images, self.reconstruct(images))
 
 
+class LDM(Model):
+    model_id = "ldm"
+    family = "latent-diffusion"
+    description = (
+        "Latent diffusion with text conditioning: the first-stage autoencoder compresses a digit to a "
+        "4x8x8 latent, a UNet denoises latents guided by the prompt through cross-attention, the "
+        "decoder turns the result back into pixels."
+    )
+    capabilities = frozenset({Capability.SAMPLE, Capability.PROMPT, Capability.ATTENTION, Capability.DECODE})
+    default_weights = WEIGHTS / "ldm-mnist-5k"
+
+    class Options(genlab.Options):
+        prompt: str = Field("a thick seven", max_length=200, description="What to draw: a digit, optionally thick/thin and upright/slanted")
+        guidance: float = Field(3.0, ge=0.0, le=20.0, description="Classifier-free guidance scale (1 = plain conditional)")
+        sampler: Literal["ddim", "dpm-solver++", "ddpm"] = Field("dpm-solver++", description="Scheduler for the latent reverse process")
+        steps: int = Field(20, ge=1, le=1000, description="Denoising steps; NFE is twice this with guidance")
+
+    @classmethod
+    def network_class(cls):
+        from .network import LatentDiffusion
+
+        return LatentDiffusion
+
+    @classmethod
+    def create_network(cls, first_stage_weights: str | None = None, calibration_dataset: str = "mnist-5k",
+                       calibration_images: int = 2000, **config):
+        """A new LDM around a trained first stage; the latent scale and caption bands are measured on
+        ``calibration_dataset``'s train split here, and saved in the config."""
+        import torch
+
+        from genlab.datasets import load_dataset, to_unit
+
+        from . import captions
+        from .first_stage import FirstStage
+        from .network import LatentDiffusion
+
+        if first_stage_weights is None:
+            return LatentDiffusion(**config)
+        first_stage = LDMAutoencoder(weights=first_stage_weights).network
+        data = load_dataset(calibration_dataset, "train")
+        with torch.no_grad():
+            z = torch.cat([first_stage.sample_latent(to_unit(batch), torch.Generator().manual_seed(0))
+                           for batch in data.images[:calibration_images].split(250)])
+        config.setdefault("scale_factor", round(float(1 / z.std()), 5))
+        config.setdefault("band_edges", captions.band_edges(captions.measure(data.images.numpy())))
+        config.setdefault("vocabulary", captions.vocabulary())
+        network = LatentDiffusion(first_stage_config=dict(first_stage.config), latent_channels=z.shape[1],
+                                  latent_size=z.shape[-1], **config)
+        network.first_stage.load_state_dict(first_stage.state_dict())
+        assert isinstance(network.first_stage, FirstStage)
+        return network
+
+    def training_loss(self, network, batch, generator=None):
+        from genlab.datasets import to_unit
+
+        from .network import caption_batch
+
+        net = _unwrap(network)
+        prompts = caption_batch(batch["images"], batch["labels"], net.config.band_edges, generator)
+        return network(to_unit(batch["images"]), prompts, generator=generator), {}
+
+    # ----- prompts -------------------------------------------------------------------------------
+    def check_prompt(self, prompt: str) -> tuple[str, list[str]]:
+        """The prompt as the model will read it, and notes on what was changed or ignored."""
+        from . import captions
+
+        notes = []
+        text = " ".join(prompt.split())
+        if not text:
+            notes.append("empty prompt: sampling unconditionally")
+            return "", notes
+        net = self.network
+        if net.config.text_encoder == "joint":
+            known = set(net.config.vocabulary or captions.vocabulary())
+            words = text.lower().replace(",", " , ").split()
+            unknown = sorted({w for w in words if w not in known})
+            if unknown:
+                notes.append(f"words the model never saw are ignored: {', '.join(unknown)}")
+            if len(words) > net.config.max_prompt_tokens:
+                notes.append(f"prompt cut to its first {net.config.max_prompt_tokens} words")
+        if captions.parse_prompt(text)["digit"] is None:
+            notes.append("no digit 0-9 in the prompt (write '7' or 'seven'): the digit is left to chance")
+        return text, notes
+
+    # ----- sampling ------------------------------------------------------------------------------
+    def _reverse(self, count, seed, opts, attention=False):
+        import torch
+
+        from .attention import AttentionRecorder
+
+        net = self.network
+        prompt, notes = self.check_prompt(opts.prompt)
+        if opts.steps > net.config.num_train_timesteps:
+            raise GenlabError(f"steps={opts.steps} is more than the model's T={net.config.num_train_timesteps}")
+        generator = torch.Generator().manual_seed(seed)
+        scheduler = net.scheduler(opts.sampler)
+        scheduler.set_timesteps(opts.steps)
+        c = net.config
+        z = torch.randn((count, c.latent_channels, c.latent_size, c.latent_size), generator=generator)
+        z = z * scheduler.init_noise_sigma
+        guided = opts.guidance != 1.0 and c.conditioning != "none"
+        prompts = [prompt] * count + ([""] * count if guided else [])
+        recorder = AttentionRecorder(net.unet, batch=count) if attention else None
+        step_kwargs = {"generator": generator} if opts.sampler in ("ddpm", "ddim") else {}
+        with torch.inference_mode():
+            cond = net.condition(prompts)
+            for t in scheduler.timesteps:
+                z_in = torch.cat([z, z]) if guided else z
+                eps = net.predict_noise(scheduler.scale_model_input(z_in, t), t, cond)
+                if guided:  # eps_u + w (eps_c - eps_u); w = 1 is the plain conditional prediction
+                    eps_c, eps_u = eps.chunk(2)
+                    eps = eps_u + opts.guidance * (eps_c - eps_u)
+                z = scheduler.step(eps, t, z, **step_kwargs).prev_sample
+            images = net.first_stage.decode(z / c.scale_factor)
+        if recorder is not None:
+            recorder.close()
+        nfe = opts.steps * (2 if guided else 1)
+        return images, nfe, notes, prompt, recorder
+
+    def sample(self, count, *, seed=0, options=None) -> Samples:
+        opts = self.parse_options(options)
+        start = time.perf_counter()
+        images, nfe, notes, prompt, _ = self._reverse(count, seed, opts)
+        return Samples(images=images, nfe=nfe, seconds=time.perf_counter() - start,
+                       info={"prompt": prompt, "notes": notes})
+
+    def attention_maps(self, *, seed=0, options=None) -> dict:
+        """One sample and, per prompt token, its cross-attention map over the image (summed over
+        heads, layers and steps, then normalised so the tokens' maps sum to 1 at every position)."""
+        opts = self.parse_options(options)
+        if self.network.config.conditioning not in ("crossattn", "hybrid"):
+            raise GenlabError(f"this checkpoint conditions by {self.network.config.conditioning}: it has no cross-attention to show")
+        images, nfe, notes, prompt, recorder = self._reverse(1, seed, opts, attention=True)
+        tokens = self.network.tokenizer.convert_ids_to_tokens(
+            self.network.tokenizer(prompt, truncation=True, max_length=self.network.config.max_prompt_tokens)["input_ids"])
+        maps = recorder.token_maps(len(tokens), size=images.shape[-1])
+        return {"image": images[0], "tokens": tokens, "maps": maps, "nfe": nfe, "notes": notes}
+
+    def decode(self, latents):
+        import torch
+
+        with torch.inference_mode():
+            return self.network.first_stage.decode(latents / self.network.config.scale_factor)
+
+
 @genlab.hookimpl
 def register_models(register):
     register(LDMAutoencoder)
+    register(LDM)

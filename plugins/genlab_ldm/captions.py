@@ -61,7 +61,8 @@ def caption(label: int, thickness_band: int, slant_band: int, rng: random.Random
         return digit  # the bare digit
     keep = [w for w in words if rng.random() < 0.8] or words[:1]
     rng.shuffle(keep)
-    return " ".join(["a", *keep, digit]) if style < 0.85 else f"{digit}, {' and '.join(keep)}"
+    article = "an" if keep[0][0] in "aeiou" else "a"
+    return " ".join([article, *keep, digit]) if style < 0.85 else f"{digit}, {' and '.join(keep)}"
 
 
 def parse_prompt(prompt: str) -> dict:
@@ -83,4 +84,4 @@ def parse_prompt(prompt: str) -> dict:
 def vocabulary() -> list[str]:
     """Every word a training caption can contain."""
     words = {str(d) for d in range(10)} | set(DIGIT_WORDS) | {w for w in THICKNESS_WORDS + SLANT_WORDS if w}
-    return sorted(words | {"a", "and", ","})
+    return sorted(words | {"a", "an", "and", ","})
