@@ -219,6 +219,86 @@ def latent_view(model_id: str, index_a, index_b, steps, method):
     return strip, pairs, caption
 
 
+def _overlay(image, heat):
+    """A grayscale image [H, W] in [0, 1] with a heatmap [H, W] in [0, 1] blended on top, as PIL."""
+    import numpy as np
+    from matplotlib import colormaps
+    from PIL import Image
+
+    base = np.repeat(image[..., None], 3, axis=2)
+    colored = colormaps["inferno"](heat)[..., :3]
+    mixed = (0.45 * base + 0.55 * colored).clip(0, 1)
+    pil = Image.fromarray((mixed * 255).astype(np.uint8))
+    return pil.resize((pil.width * 8, pil.height * 8), Image.NEAREST)
+
+
+def prompt_attention(model_id: str, prompt, guidance, steps, seed):
+    """A sample for the prompt and, per prompt token, where its cross-attention fell on the image."""
+    import time
+
+    try:
+        model = _model(model_id)
+        model.require(Capability.ATTENTION)
+        start = time.perf_counter()
+        out = model.attention_maps(seed=int(seed), options={"prompt": prompt, "guidance": float(guidance),
+                                                             "steps": int(steps)})
+        seconds = time.perf_counter() - start
+    except GenlabError as exc:
+        raise gr.Error(str(exc), print_exception=False) from None
+    image = out["image"][0].cpu().numpy()
+    maps = out["maps"].cpu().numpy()
+    items = []
+    for token, heat in zip(out["tokens"], maps):
+        share = float(heat.mean())  # the token's average share of attention over the image
+        items.append((_overlay(image, heat / max(float(heat.max()), 1e-8)), f"{token}: {share:.0%} of attention"))
+    notes = "".join(f"\n- {n}" for n in out["notes"])
+    caption = f"{out['nfe']} network evaluations, {seconds:.2f} s{notes}"
+    return _show(out["image"]), items, caption
+
+
+def autoencoder_view(model_id: str, index):
+    """A held-out digit, its latent (channels as images, or a vector as bars) and its reconstruction."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import torch
+
+    from .images import grid
+
+    try:
+        model = _model(model_id)
+        model.require(Capability.ENCODE)
+        model.require(Capability.RECONSTRUCT)
+        digits = _heldout(model)
+        index = int(index)
+        if not 0 <= index < len(digits):
+            raise GenlabError(f"digit index must be between 0 and {len(digits) - 1}, got {index}")
+        x = digits[index : index + 1]
+        latent = model.encode(x)
+        latent = latent[0] if isinstance(latent, tuple) else latent
+        recon = model.reconstruct(x)
+    except GenlabError as exc:
+        raise gr.Error(str(exc), print_exception=False) from None
+    z = latent[0].detach().float()
+    fig, ax = plt.subplots(figsize=(5, 2.6), dpi=100)
+    if z.dim() == 3:  # spatial latent: one image per channel
+        channels = (z - z.amin()) / (z.amax() - z.amin()).clamp_min(1e-8)
+        ax.imshow(grid(channels.unsqueeze(1), nrow=z.shape[0], scale=1), cmap="gray")
+        ax.set_title(f"latent {tuple(z.shape)}: {z.numel()} numbers for {x[0].numel()} pixels")
+        ax.axis("off")
+    else:
+        ax.bar(range(len(z)), z.numpy())
+        ax.set_title(f"latent vector: {z.numel()} numbers for {x[0].numel()} pixels")
+        ax.set_xlabel("dimension")
+    fig.tight_layout()
+    plt.close(fig)
+    mse = float((recon - x).pow(2).mean())
+    psnr = 10 * torch.log10(torch.tensor(1.0 / max(mse, 1e-10)))
+    text = f"reconstruction MSE {mse:.4f}, PSNR {float(psnr):.1f} dB; latent size {z.numel()} vs {x[0].numel()} pixels"
+    return _show(x), fig, _show(recon), text
+
+
 def plugin_rows():
     """(loaded rows, failed rows) for the Plugins tab."""
     from .registry import get_models, plugin_failures, registry
@@ -337,6 +417,16 @@ def build_app() -> gr.Blocks:
             with gr.Tab("Diffusion process", elem_id="tab-diffusion"):
                 _diffusion_tab(diffusers_)
 
+        attenders = get_models(Capability.ATTENTION)
+        if attenders:
+            with gr.Tab("Prompt & attention", elem_id="tab-prompt"):
+                _prompt_tab(attenders)
+
+        autoencoders = {m: c for m, c in get_models(Capability.ENCODE).items() if c.can(Capability.RECONSTRUCT)}
+        if autoencoders:
+            with gr.Tab("Autoencoders", elem_id="tab-autoencoders"):
+                _autoencoder_tab(autoencoders)
+
         interpolators = get_models(Capability.INTERPOLATE)
         if interpolators:
             with gr.Tab("Latent space", elem_id="tab-latent"):
@@ -355,6 +445,49 @@ def build_app() -> gr.Blocks:
                 gr.Markdown("No plugin failed to load.")
             gr.api(plugins_api, api_name="plugins")
     return demo
+
+
+def _prompt_tab(models: dict):
+    gr.Markdown(
+        "Type a prompt (a digit, optionally *thick*/*thin* and *upright*/*slanted*). The UNet reads it "
+        "through cross-attention; each heatmap shows where one token's attention fell on the image, "
+        "averaged over heads, layers and denoising steps (at every pixel the tokens' shares sum to 1). "
+        "Guidance > 1 pushes the sample toward the prompt (classifier-free guidance)."
+    )
+    with gr.Row():
+        with gr.Column(scale=1):
+            model_choice = gr.Dropdown(list(models), value=next(iter(models)), label="model", elem_id="prompt-model")
+            prompt = gr.Textbox(value="a thick seven", label="prompt", elem_id="prompt-text")
+            guidance = gr.Slider(0, 10, value=3.0, step=0.5, label="guidance scale")
+            steps = gr.Slider(2, 100, value=20, step=1, label="steps")
+            seed = gr.Number(value=0, precision=0, label="seed")
+            button = gr.Button("Generate", variant="primary", elem_id="prompt-button")
+        with gr.Column(scale=2):
+            with gr.Row():
+                image = gr.Image(label="sample", image_mode="L", height=224, format="png", elem_id="prompt-image")
+                caption = gr.Markdown(elem_id="prompt-caption")
+            heatmaps = gr.Gallery(label="cross-attention per token", columns=6, height="auto", format="png",
+                                  elem_id="prompt-attention")
+    button.click(prompt_attention, [model_choice, prompt, guidance, steps, seed], [image, heatmaps, caption],
+                 api_name="prompt_attention")
+
+
+def _autoencoder_tab(models: dict):
+    gr.Markdown(
+        "What each model keeps of a digit: its latent and the image decoded back from it. A VAE keeps "
+        "a short vector; the latent diffusion model's autoencoder a small 4-channel image; a diffusion "
+        "model's DDIM latent is as large as the image itself."
+    )
+    with gr.Row():
+        model_choice = gr.Dropdown(list(models), value=next(iter(models)), label="model", elem_id="ae-model")
+        index = gr.Slider(0, 499, value=0, step=1, label="held-out digit")
+        button = gr.Button("Encode and decode", variant="primary", elem_id="ae-button")
+    with gr.Row():
+        original = gr.Image(label="image", image_mode="L", height=224, format="png")
+        latent = gr.Plot(label="latent")
+        recon = gr.Image(label="reconstruction", image_mode="L", height=224, format="png")
+    text = gr.Markdown(elem_id="ae-text")
+    button.click(autoencoder_view, [model_choice, index], [original, latent, recon, text], api_name="autoencode")
 
 
 def _latent_tab(models: dict):

@@ -87,3 +87,15 @@ def tiny_first_stage_dir(tmp_path_factory):
     config = TrainConfig(model="ldm-autoencoder", dataset="digits", steps=10, batch_size=32, seed=0,
                          checkpoint_every=10, network=TINY_FIRST_STAGE)
     return train(config, tmp_path_factory.mktemp("tiny-first-stage"), progress=False)
+
+
+@pytest.fixture(scope="session")
+def tiny_ldm_dir(tmp_path_factory, tiny_first_stage_dir):
+    """A seeded LDM on the tiny first stage (4x4x4 latents), trained for a few steps on the digits."""
+    from genlab.training import TrainConfig, train
+
+    network = {"first_stage_weights": str(tiny_first_stage_dir), "calibration_dataset": "digits",
+               "block_out_channels": [16, 32], "text_hidden": 32, "num_train_timesteps": 50}
+    config = TrainConfig(model="ldm", dataset="digits", steps=5, batch_size=16, seed=0, checkpoint_every=5,
+                         network=network)
+    return train(config, tmp_path_factory.mktemp("tiny-ldm"), progress=False)

@@ -9,10 +9,12 @@ from genlab import plugins, registry
 
 
 @pytest.fixture
-def served(fake_entry_points, tiny_vae_dir, tiny_ddpm_dir, monkeypatch):
-    """The app with the in-tree VAE and DDPM (tiny weights), the example plugin and one broken plugin."""
-    fake_entry_points({"vae": "genlab_vae", "ddpm": "genlab_ddpm", "example": "genlab_example",
-                       "broken": "genlab_no_such_module"})
+def served(fake_entry_points, tiny_vae_dir, tiny_ddpm_dir, tiny_first_stage_dir, tiny_ldm_dir, monkeypatch):
+    """The app with the in-tree models (tiny weights), the example plugin and one broken plugin."""
+    fake_entry_points({"vae": "genlab_vae", "ddpm": "genlab_ddpm", "ldm": "genlab_ldm",
+                       "example": "genlab_example", "broken": "genlab_no_such_module"})
+    monkeypatch.setattr("genlab_ldm.LDM.default_weights", tiny_ldm_dir)
+    monkeypatch.setattr("genlab_ldm.LDMAutoencoder.default_weights", tiny_first_stage_dir)
     monkeypatch.setattr("genlab_vae.VAE.default_weights", tiny_vae_dir)
     monkeypatch.setattr("genlab_ddpm.DDPM.default_weights", tiny_ddpm_dir)
     app_module._model.cache_clear()
@@ -144,3 +146,26 @@ def test_latent_tab_interpolates_with_each_familys_own_method(served, model_id):
     strip, pairs, caption = served.predict(model_id, 3, 7, 4, "slerp", api_name="/interpolate")
     assert Image.open(strip).size[0] > Image.open(strip).size[1] * 4  # a strip of 2 + 4 images
     assert Image.open(pairs) is not None and "reconstruction MSE" in caption
+
+
+def test_prompt_tab_shows_a_heatmap_per_token(served):
+    image, heatmaps, caption = served.predict("ldm", "a thick 7", 3.0, 4, 0, api_name="/prompt_attention")
+    assert Image.open(image).size == (64, 64)
+    assert [h["caption"].split(":")[0] for h in heatmaps] == ["a", "thick", "7"]
+    shares = [float(h["caption"].split(": ")[1].split("%")[0]) for h in heatmaps]
+    assert sum(shares) == pytest.approx(100, abs=2)  # the tokens share all the attention
+    assert "8 network evaluations" in caption
+
+
+def test_prompt_tab_explains_an_awkward_prompt(served):
+    _, _, caption = served.predict("ldm", "draw a twelve", 3.0, 2, 0, api_name="/prompt_attention")
+    assert "words the model never saw are ignored: draw, twelve" in caption
+
+
+@pytest.mark.parametrize("model_id, size_text", [("vae", "latent size 4 vs 64 pixels"),
+                                                 ("ddpm", "latent size 64 vs 64 pixels"),
+                                                 ("ldm-autoencoder", "latent size 64 vs 64 pixels")])
+def test_autoencoder_view_shows_each_familys_latent(served, model_id, size_text):
+    original, plot, recon, text = served.predict(model_id, 5, api_name="/autoencode")
+    assert Image.open(original).size == Image.open(recon).size
+    assert size_text in text
