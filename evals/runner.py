@@ -1,8 +1,9 @@
 """The eval runner: every model sampled on equal terms, measured with torch-fidelity, written as a report.
 
 What is measured for a model follows from its declared capabilities only:
-sample -> FID, KID (and IS, precision/recall where the extractor allows), throughput;
-likelihood -> NLL bound in bits/dim on held-out data; reconstruct -> reconstruction error.
+sample -> FID, KID (and IS, precision/recall where the extractor allows), throughput, latency;
+likelihood -> NLL bound in bits/dim on held-out data; reconstruct -> MSE, PSNR, SSIM;
+prompt -> prompt (and attribute) accuracy.
 """
 
 from __future__ import annotations
@@ -47,6 +48,7 @@ class EvalConfig(BaseModel):
     feature_extractor: str = "mnist-classifier"
     batch_size: int = Field(250, ge=1, le=10_000)
     likelihood_images: int = Field(500, ge=1)
+    prompt_samples: int = Field(20, ge=1, le=10_000)  # per prompt, for prompt and attribute accuracy
 
     @field_validator("models", mode="before")
     @classmethod
@@ -153,6 +155,7 @@ def run_eval(config: EvalConfig, out_dir: str | Path | None = None) -> Path:
 
     from genlab.datasets import load_dataset, to_unit
     from genlab.images import grid
+    from genlab.metrics import reconstruction_metrics
     from genlab.models import Capability
     from genlab.registry import get_dataset_spec, get_feature_extractor, get_model, get_models
     from genlab.training import code_version
@@ -167,7 +170,6 @@ def run_eval(config: EvalConfig, out_dir: str | Path | None = None) -> Path:
     if len(models) != len(entries):
         raise GenlabError("two models in the suite share a name: give each a distinct label")
     for entry in entries:
-        models[entry.name].require(Capability.SAMPLE)
         models[entry.name].parse_options(entry.options)
 
     name = config.name or f"{config.dataset}-{datetime.now().strftime('%Y%m%d-%H%M%S')}"
@@ -190,17 +192,23 @@ def run_eval(config: EvalConfig, out_dir: str | Path | None = None) -> Path:
     rows, measured = [], {}
     for entry in entries:
         model = models[entry.name]
-        images, seconds, nfe = _sample_all(model, entry, n, config.seed, config.batch_size)
         row = {
             "model": entry.name, "id": entry.id, "family": model.family,
             "options": model.parse_options(entry.options).model_dump(),
             "capabilities": sorted(c.value for c in model.capabilities),
-            "parameters": model.parameter_count(), "nfe": nfe,
-            "images_per_second": n / seconds if seconds > 0 else None,
-            "latency_ms": 1000 * _latency(model, entry, config.seed),
+            "parameters": model.parameter_count(),
             "training": {k: model.metadata().get(k) for k in ("steps", "wall_seconds", "cpu_seconds", "dataset")},
-            **fidelity_metrics(images, reference, config.feature_extractor, seed=config.seed),
         }
+        if model.can(Capability.SAMPLE):
+            images, seconds, nfe = _sample_all(model, entry, n, config.seed, config.batch_size)
+            row.update({
+                "nfe": nfe, "images_per_second": n / seconds if seconds > 0 else None,
+                "latency_ms": 1000 * _latency(model, entry, config.seed),
+                **fidelity_metrics(images, reference, config.feature_extractor, seed=config.seed),
+            })
+            grid_path = out / "images" / f"{entry.name}.png"
+            grid(images[:64].float() / 255, nrow=8, scale=2).save(grid_path)
+            row["sample_grid"] = str(grid_path.relative_to(out))
         # likelihood and reconstruction don't depend on sampling options: once per set of weights
         weights_key = (entry.id, entry.weights)
         if model.can(Capability.LIKELIHOOD):
@@ -217,11 +225,11 @@ def run_eval(config: EvalConfig, out_dir: str | Path | None = None) -> Path:
             if key not in measured:
                 x = to_unit(heldout.images[: config.likelihood_images])
                 with torch.inference_mode():
-                    measured[key] = float((model.reconstruct(x) - x).pow(2).mean())
-            row["reconstruction_mse"] = measured[key]
-        grid_path = out / "images" / f"{entry.name}.png"
-        grid(images[:64].float() / 255, nrow=8, scale=2).save(grid_path)
-        row["sample_grid"] = str(grid_path.relative_to(out))
+                    measured[key] = reconstruction_metrics(x, model.reconstruct(x))
+            row["reconstruction"] = measured[key]
+        if model.can(Capability.PROMPT):
+            row["prompts"] = model.prompt_metrics(per_prompt=config.prompt_samples, seed=config.seed,
+                                                  options=entry.options)
         rows.append(row)
 
     result = {

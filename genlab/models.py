@@ -29,7 +29,7 @@ class Capability(str, enum.Enum):
     RECONSTRUCT = "reconstruct"  # image -> latent -> image
     INTERPOLATE = "interpolate"  # a path between two images or seeds
     TRAJECTORY = "trajectory"  # intermediate states of an iterative sampler
-    PROMPT = "prompt"  # text-conditioned sampling
+    PROMPT = "prompt"  # text-conditioned sampling: Options has a `prompt` field; see prompt_metrics
     ATTENTION = "attention"  # cross-attention maps per prompt token
     LIKELIHOOD = "likelihood"  # a bound on the negative log-likelihood, in bits/dim
     FORWARD_PROCESS = "forward-process"  # closed-form noising q(x_t | x_0) and its schedule
@@ -191,6 +191,12 @@ class Model:
         """An upper bound on -log2 P(x) per dimension of 8-bit images:
         ``{"bpd": float, "method": str, "images": int, ...}``."""
         self.require(Capability.LIKELIHOOD)
+        raise NotImplementedError
+
+    def prompt_metrics(self, *, per_prompt: int = 20, seed: int = 0, options=None) -> dict:
+        """How often samples obey their prompts: ``{"prompt_accuracy": float, ...}`` (digit asked =
+        digit the bundled MNIST classifier sees), plus whatever attributes the model can check."""
+        self.require(Capability.PROMPT)
         raise NotImplementedError
 
     @classmethod

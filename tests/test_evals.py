@@ -27,8 +27,9 @@ def test_eval_end_to_end_on_digits(tmp_path, tiny_vae_dir, with_example_plugin):
         assert row["fid"] > 0 and row["kid"] is not None and row["images_per_second"] > 0
         assert (tmp_path / "run" / row["sample_grid"]).is_file()
     # capabilities decide the columns: the VAE has a likelihood and reconstructions, noise has neither
-    assert 8.0 < vae["likelihood"]["bpd"] and vae["reconstruction_mse"] >= 0
-    assert "likelihood" not in noise and "reconstruction_mse" not in noise
+    assert 8.0 < vae["likelihood"]["bpd"] and vae["reconstruction"]["mse"] >= 0
+    assert vae["reconstruction"]["psnr"] > 0 and 0 < vae["reconstruction"]["ssim"] <= 1
+    assert "likelihood" not in noise and "reconstruction" not in noise
     # uniform noise is the worst thing a model can do; the real data floor is the best
     assert metrics["real_data_floor"]["fid"] < noise["fid"]
     assert vae["parameters"] > 0 and vae["training"]["steps"] == 40
@@ -77,3 +78,23 @@ def test_diffusion_rows_report_quality_against_nfe(tmp_path, tiny_ddpm_dir, fake
     assert rows["ddim-5"]["options"]["sampler"] == "ddim"
     assert "10 of 100 terms" in rows["ddim-5"]["likelihood"]["method"]
     assert rows["ddim-5"]["likelihood"]["bpd"] > 0 and rows["ddim-5"]["fid"] > 0
+
+
+def test_latent_diffusion_rows_report_prompt_accuracy_and_first_stage(tmp_path, tiny_ldm_dir, tiny_first_stage_dir,
+                                                                      fake_entry_points):
+    fake_entry_points({"ldm": "genlab_ldm"})
+    config = EvalConfig(
+        dataset="digits", num_samples=20, likelihood_images=10, batch_size=20, prompt_samples=2,
+        models=[{"id": "ldm", "weights": str(tiny_ldm_dir), "options": {"steps": 2, "guidance": 2.0}},
+                {"id": "ldm-autoencoder", "weights": str(tiny_first_stage_dir)}],
+    )
+    report = run_eval(config, out_dir=tmp_path / "run")
+    ldm, autoencoder = json.loads((tmp_path / "run" / "metrics.json").read_text())["models"]
+    prompts = ldm["prompts"]
+    assert 0 <= prompts["prompt_accuracy"] <= 1 and prompts["samples"] == 10 * 2 + 40 * 2
+    assert set(prompts["attribute_accuracy"]) == {"thickness", "slant"}
+    assert ldm["nfe"] == 4 and ldm["fid"] > 0
+    # the first stage cannot sample: it is measured on what it can do
+    assert "fid" not in autoencoder and autoencoder["reconstruction"]["ssim"] <= 1
+    text = report.read_text()
+    assert "## Prompts" in text and "| ldm-autoencoder |" in text

@@ -65,7 +65,7 @@ class LDMAutoencoder(Model):
 
     def reconstruction_metrics(self, images) -> dict:
         """MSE, PSNR and SSIM of reconstructions of images in [0, 1]."""
-        from .first_stage import reconstruction_metrics
+        from genlab.metrics import reconstruction_metrics
 
         return reconstruction_metrics(images, self.reconstruct(images))
 
@@ -213,6 +213,38 @@ class LDM(Model):
 
         with torch.inference_mode():
             return self.network.first_stage.decode(latents / self.network.config.scale_factor)
+
+    def prompt_metrics(self, *, per_prompt: int = 20, seed: int = 0, options=None) -> dict:
+        """Digit accuracy over prompts "0".."9", and attribute accuracy over "a thick/thin D" and
+        "an upright/a slanted D": the attribute measured on the sample (with the bands the training
+        captions used) must match the one asked for."""
+        from genlab.features import classify
+
+        from . import captions
+
+        base = self.parse_options(options).model_dump()
+        edges = self.network.config.band_edges
+        digit_hits, attribute_hits = [], {"thickness": [], "slant": []}
+        for digit in range(10):
+            images = self.sample(per_prompt, seed=seed + digit, options={**base, "prompt": str(digit)}).images
+            digit_hits += (classify(images) == digit).tolist()
+            for attribute, words in (("thickness", captions.THICKNESS_WORDS), ("slant", captions.SLANT_WORDS)):
+                for band in (0, 2):
+                    word = words[band]
+                    article = "an" if word[0] in "aeiou" else "a"
+                    prompt = f"{article} {word} {captions.DIGIT_WORDS[digit]}"
+                    images = self.sample(per_prompt, seed=seed + 100 * (band + 1) + digit,
+                                         options={**base, "prompt": prompt}).images
+                    measured = captions.bands(captions.measure(images.numpy()), edges)[attribute]
+                    attribute_hits[attribute] += (measured == band).tolist()
+        mean = lambda hits: sum(hits) / len(hits)  # noqa: E731
+        return {
+            "prompt_accuracy": mean(digit_hits),
+            "attribute_accuracy": {k: mean(v) for k, v in attribute_hits.items()},
+            "attribute_chance": 1 / 3,
+            "samples": len(digit_hits) + sum(len(v) for v in attribute_hits.values()),
+            "options": {k: v for k, v in base.items() if k != "prompt"},
+        }
 
 
 @genlab.hookimpl

@@ -98,15 +98,3 @@ class FirstStage(ModelMixin, ConfigMixin):
         # L1 on the [-1, 1] image keeps edges sharper than MSE
         rec = (recon - x).abs().mean()
         return {"loss": rec + reg, "recon": rec.detach(), "reg": reg.detach()}
-
-
-def reconstruction_metrics(original, reconstructed) -> dict:
-    """MSE, PSNR (dB) and SSIM of images in [0, 1] [N, C, H, W] (SSIM from scikit-image)."""
-    import numpy as np
-    from skimage.metrics import structural_similarity
-
-    mse = (reconstructed - original).pow(2).flatten(1).mean(1)
-    psnr = 10 * torch.log10(1.0 / mse.clamp_min(1e-10))
-    a, b = original.detach().cpu().numpy(), reconstructed.detach().cpu().numpy()
-    ssim = np.mean([structural_similarity(x[0], y[0], data_range=1.0) for x, y in zip(a, b)])
-    return {"mse": float(mse.mean()), "psnr": float(psnr.mean()), "ssim": float(ssim)}
