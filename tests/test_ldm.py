@@ -132,3 +132,10 @@ def test_captions_describe_the_measured_attributes():
     texts = {captions.caption(7, 2, 2, rng) for _ in range(200)}
     assert {"7", "seven"} <= texts and any("thick" in t and "slanted" in t for t in texts)
     assert captions.parse_prompt("a thick slanted seven") == {"digit": 7, "thickness": 2, "slant": 2}
+
+
+def test_digit_template_prompts_cycle_through_the_digits():
+    model = tiny_ldm()
+    result = model.sample(12, seed=0, options={"prompt": "a thick {digit}", "steps": 2})
+    assert result.images.shape[0] == 12 and result.info["prompt"] == "a thick {digit}"
+    assert result.info["notes"] == []  # every filled-in prompt names a digit

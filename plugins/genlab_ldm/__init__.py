@@ -82,7 +82,8 @@ class LDM(Model):
     default_weights = WEIGHTS / "ldm-mnist-5k"
 
     class Options(genlab.Options):
-        prompt: str = Field("a thick seven", max_length=200, description="What to draw: a digit, optionally thick/thin and upright/slanted")
+        prompt: str = Field("a thick seven", max_length=200, description=(
+            "What to draw: a digit, optionally thick/thin and upright/slanted; {digit} cycles through 0-9"))
         guidance: float = Field(3.0, ge=0.0, le=20.0, description="Classifier-free guidance scale (1 = plain conditional)")
         sampler: Literal["ddim", "dpm-solver++", "ddpm"] = Field("dpm-solver++", description="Scheduler for the latent reverse process")
         steps: int = Field(20, ge=1, le=1000, description="Denoising steps; NFE is twice this with guidance")
@@ -161,7 +162,14 @@ class LDM(Model):
         from .attention import AttentionRecorder
 
         net = self.network
-        prompt, notes = self.check_prompt(opts.prompt)
+        if "{digit}" in opts.prompt:  # a template: each sample asks for the next digit, 0 to 9 in turn
+            filled = [opts.prompt.replace("{digit}", str(i % 10)) for i in range(count)]
+            checked = [self.check_prompt(p) for p in filled]
+            sample_prompts, notes = [c[0] for c in checked], checked[0][1]
+            prompt = opts.prompt
+        else:
+            prompt, notes = self.check_prompt(opts.prompt)
+            sample_prompts = [prompt] * count
         if opts.steps > net.config.num_train_timesteps:
             raise GenlabError(f"steps={opts.steps} is more than the model's T={net.config.num_train_timesteps}")
         generator = torch.Generator().manual_seed(seed)
@@ -171,7 +179,7 @@ class LDM(Model):
         z = torch.randn((count, c.latent_channels, c.latent_size, c.latent_size), generator=generator)
         z = z * scheduler.init_noise_sigma
         guided = opts.guidance != 1.0 and c.conditioning != "none"
-        prompts = [prompt] * count + ([""] * count if guided else [])
+        prompts = sample_prompts + ([""] * count if guided else [])
         recorder = AttentionRecorder(net.unet, batch=count) if attention else None
         step_kwargs = {"generator": generator} if opts.sampler in ("ddpm", "ddim") else {}
         with torch.inference_mode():
@@ -202,6 +210,8 @@ class LDM(Model):
         opts = self.parse_options(options)
         if self.network.config.conditioning not in ("crossattn", "hybrid"):
             raise GenlabError(f"this checkpoint conditions by {self.network.config.conditioning}: it has no cross-attention to show")
+        if "{digit}" in opts.prompt:
+            opts = opts.model_copy(update={"prompt": opts.prompt.replace("{digit}", "7")})
         images, nfe, notes, prompt, recorder = self._reverse(1, seed, opts, attention=True)
         tokens = self.network.tokenizer.convert_ids_to_tokens(
             self.network.tokenizer(prompt, truncation=True, max_length=self.network.config.max_prompt_tokens)["input_ids"])
