@@ -53,7 +53,7 @@ def sample_images(model_id: str, seed, count, options: dict):
     caption = (
         f"**{model_id}**: {count} samples, seed {int(seed)}, {result.nfe} network evaluation"
         f"{'s' if result.nfe != 1 else ''} per image, {result.seconds * 1000:.0f} ms"
-    )
+    ) + "".join(f"\n- {note}" for note in result.info.get("notes", []))
     return [(img, f"seed {int(seed)} #{i}") for i, img in enumerate(images)], caption
 
 
