@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import platform
+import re
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -149,6 +150,18 @@ def _latency(model, entry: ModelEntry, seed: int, repeats: int = 5) -> float:
     return sorted(times)[len(times) // 2]
 
 
+def best_by_family(rows: list[dict]) -> dict:
+    """Per family, the row with the lowest FID and its speed: "how fast is each family at its best"."""
+    best: dict = {}
+    for row in rows:
+        if row.get("fid") is None:
+            continue
+        current = best.get(row["family"])
+        if current is None or row["fid"] < current["fid"]:
+            best[row["family"]] = {k: row.get(k) for k in ("model", "fid", "nfe", "images_per_second", "latency_ms")}
+    return best
+
+
 def run_eval(config: EvalConfig, out_dir: str | Path | None = None) -> Path:
     """Run ``config``; returns the path of the written report.md."""
     import torch
@@ -206,7 +219,7 @@ def run_eval(config: EvalConfig, out_dir: str | Path | None = None) -> Path:
                 "latency_ms": 1000 * _latency(model, entry, config.seed),
                 **fidelity_metrics(images, reference, config.feature_extractor, seed=config.seed),
             })
-            grid_path = out / "images" / f"{entry.name}.png"
+            grid_path = out / "images" / f"{re.sub(r'[^0-9A-Za-z_.-]', '_', entry.name)}.png"
             grid(images[:64].float() / 255, nrow=8, scale=2).save(grid_path)
             row["sample_grid"] = str(grid_path.relative_to(out))
         # likelihood and reconstruction don't depend on sampling options: once per set of weights
@@ -247,6 +260,7 @@ def run_eval(config: EvalConfig, out_dir: str | Path | None = None) -> Path:
         "created_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "real_data_floor": floor,
         "models": rows,
+        "best_by_family": best_by_family(rows),
     }
     (out / "metrics.json").write_text(json.dumps(result, indent=2))
     return write_report(result, out)

@@ -33,6 +33,8 @@ def test_eval_end_to_end_on_digits(tmp_path, tiny_vae_dir, with_example_plugin):
     # uniform noise is the worst thing a model can do; the real data floor is the best
     assert metrics["real_data_floor"]["fid"] < noise["fid"]
     assert vae["parameters"] > 0 and vae["training"]["steps"] == 40
+    assert metrics["best_by_family"]["vae"]["model"] == "vae"
+    assert metrics["best_by_family"]["baseline"]["fid"] == noise["fid"]
     text = report.read_text()
     assert "| vae | vae |" in text and "| uniform-noise | baseline |" in text
     assert "mnist-classifier" in text and "60 samples per model" in text
@@ -73,8 +75,11 @@ def test_diffusion_rows_report_quality_against_nfe(tmp_path, tiny_ddpm_dir, fake
         ],
     )
     run_eval(config, out_dir=tmp_path / "run")
-    rows = {r["model"]: r for r in json.loads((tmp_path / "run" / "metrics.json").read_text())["models"]}
+    metrics = json.loads((tmp_path / "run" / "metrics.json").read_text())
+    rows = {r["model"]: r for r in metrics["models"]}
     assert rows["ddim-5"]["nfe"] == 5 and rows["dpm-3"]["nfe"] == 3
+    best = min(rows.values(), key=lambda r: r["fid"])
+    assert metrics["best_by_family"]["diffusion"]["model"] == best["model"]
     assert rows["ddim-5"]["options"]["sampler"] == "ddim"
     assert "10 of 100 terms" in rows["ddim-5"]["likelihood"]["method"]
     assert rows["ddim-5"]["likelihood"]["bpd"] > 0 and rows["ddim-5"]["fid"] > 0
