@@ -88,6 +88,13 @@ class LDM(Model):
         sampler: Literal["ddim", "dpm-solver++", "ddpm"] = Field("dpm-solver++", description="Scheduler for the latent reverse process")
         steps: int = Field(20, ge=1, le=1000, description="Denoising steps; NFE is twice this with guidance")
 
+    def __init__(self, weights=None):
+        import threading
+
+        super().__init__(weights)
+        # attention maps swap the UNet's attention processors while they run: one call at a time
+        self._lock = threading.Lock()
+
     @classmethod
     def network_class(cls):
         from .network import LatentDiffusion
@@ -157,6 +164,10 @@ class LDM(Model):
 
     # ----- sampling ------------------------------------------------------------------------------
     def _reverse(self, count, seed, opts, attention=False):
+        with self._lock:
+            return self._reverse_unlocked(count, seed, opts, attention)
+
+    def _reverse_unlocked(self, count, seed, opts, attention):
         import torch
 
         from .attention import AttentionRecorder
@@ -182,8 +193,22 @@ class LDM(Model):
         prompts = sample_prompts + ([""] * count if guided else [])
         recorder = AttentionRecorder(net.unet, batch=count) if attention else None
         step_kwargs = {"generator": generator} if opts.sampler in ("ddpm", "ddim") else {}
+        try:
+            images = self._denoise(net, scheduler, z, cond_prompts=prompts, guided=guided, opts=opts,
+                                   step_kwargs=step_kwargs)
+        finally:
+            if recorder is not None:
+                recorder.close()
+        nfe = opts.steps * (2 if guided else 1)
+        return images, nfe, notes, prompt, recorder
+
+    @staticmethod
+    def _denoise(net, scheduler, z, *, cond_prompts, guided, opts, step_kwargs):
+        import torch
+
+        c = net.config
         with torch.inference_mode():
-            cond = net.condition(prompts)
+            cond = net.condition(cond_prompts)
             for t in scheduler.timesteps:
                 z_in = torch.cat([z, z]) if guided else z
                 eps = net.predict_noise(scheduler.scale_model_input(z_in, t), t, cond)
@@ -191,11 +216,7 @@ class LDM(Model):
                     eps_c, eps_u = eps.chunk(2)
                     eps = eps_u + opts.guidance * (eps_c - eps_u)
                 z = scheduler.step(eps, t, z, **step_kwargs).prev_sample
-            images = net.first_stage.decode(z / c.scale_factor)
-        if recorder is not None:
-            recorder.close()
-        nfe = opts.steps * (2 if guided else 1)
-        return images, nfe, notes, prompt, recorder
+            return net.first_stage.decode(z / c.scale_factor)
 
     def sample(self, count, *, seed=0, options=None) -> Samples:
         opts = self.parse_options(options)
