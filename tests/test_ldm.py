@@ -139,3 +139,37 @@ def test_digit_template_prompts_cycle_through_the_digits():
     result = model.sample(12, seed=0, options={"prompt": "a thick {digit}", "steps": 2})
     assert result.images.shape[0] == 12 and result.info["prompt"] == "a thick {digit}"
     assert result.info["notes"] == []  # every filled-in prompt names a digit
+
+
+def test_vq_first_stage_trains_and_round_trips():
+    from genlab_ldm.first_stage import FirstStage
+
+    torch.manual_seed(0)
+    net = FirstStage(regularizer="vq", **{k: v for k, v in TINY_FIRST_STAGE.items()}, num_vq_embeddings=16)
+    x = to_unit(DIGITS.images[:8])
+    terms = net(x, generator=torch.Generator().manual_seed(0))
+    terms["loss"].backward()
+    assert terms["reg"] > 0  # the commitment loss
+    model = LDMAutoencoder.from_network(net.eval())
+    latents = model.encode(x)
+    assert latents.shape == (8, 4, 4, 4)
+    codebook = net.autoencoder.quantize.embedding.weight
+    with torch.inference_mode():
+        quantized = model.network.autoencoder.quantize(latents)[0]
+    assert all(any(torch.allclose(v, c, atol=1e-5) for c in codebook) for v in quantized.permute(0, 2, 3, 1).reshape(-1, 4)[:5])
+    assert model.reconstruct(x).shape == x.shape
+
+
+def test_frozen_pretrained_text_encoder_from_the_local_wheel():
+    model = tiny_ldm(text_encoder="pretrained")
+    net = model.network
+    hidden, mask = net.encode_prompts(["a thick seven", ""])
+    assert hidden.shape[-1] == 384 and mask[0].sum() > mask[1].sum()
+    assert not any("text" in name for name, _ in net.named_parameters())  # frozen and never saved here
+    net.train()
+    loss, _ = model.training_loss(net, {"images": DIGITS.images[:4], "labels": DIGITS.labels[:4]},
+                                  torch.Generator().manual_seed(0))
+    loss.backward()
+    out = model.attention_maps(options={"prompt": "a thick seven", "steps": 2})
+    assert out["tokens"][:3] == ["[CLS]", "a", "thick"]
+    torch.testing.assert_close(out["maps"].sum(0), torch.ones(8, 8), atol=1e-4, rtol=0)
