@@ -8,7 +8,7 @@ __version__ = "0.1.0"
 
 from .errors import CapabilityError, GenlabError, UnknownDatasetError, UnknownModelError  # noqa: E402
 from .hookspecs import hookimpl  # noqa: E402
-from .models import Capability, Model, Options, Samples  # noqa: E402
+from .models import Capability, Model, Options, Samples, unwrap  # noqa: E402
 from .registry import (  # noqa: E402
     get_dataset_spec,
     get_datasets,
@@ -23,5 +23,5 @@ __all__ = [
     "Capability", "CapabilityError", "GenlabError", "Model", "Options", "Samples",
     "UnknownDatasetError", "UnknownModelError", "get_dataset_spec", "get_datasets",
     "get_feature_extractor", "get_model", "get_model_class", "get_models", "hookimpl",
-    "plugin_failures",
+    "plugin_failures", "unwrap",
 ]

@@ -382,7 +382,6 @@ def build_app() -> gr.Blocks:
     from .registry import get_models
 
     samplers = get_models(Capability.SAMPLE)
-    diffusers_ = get_models(Capability.TRAJECTORY)
     with gr.Blocks(title="genlab") as demo:
         gr.Markdown(
             "# genlab\nSee and measure how generative image models differ. "
@@ -413,24 +412,18 @@ def build_app() -> gr.Blocks:
                     _per_model_controls(samplers, "sample", "Sample", sample_images, [seed, count],
                                         [gallery, caption], model_choice)
 
-        if diffusers_:
-            with gr.Tab("Diffusion process", elem_id="tab-diffusion"):
-                _diffusion_tab(diffusers_)
-
-        attenders = get_models(Capability.ATTENTION)
-        if attenders:
-            with gr.Tab("Prompt & attention", elem_id="tab-prompt"):
-                _prompt_tab(attenders)
-
+        # one tab per capability, shown when some installed model declares it
         autoencoders = {m: c for m, c in get_models(Capability.ENCODE).items() if c.can(Capability.RECONSTRUCT)}
-        if autoencoders:
-            with gr.Tab("Autoencoders", elem_id="tab-autoencoders"):
-                _autoencoder_tab(autoencoders)
-
-        interpolators = get_models(Capability.INTERPOLATE)
-        if interpolators:
-            with gr.Tab("Latent space", elem_id="tab-latent"):
-                _latent_tab(interpolators)
+        capability_tabs = [
+            ("Diffusion process", "tab-diffusion", get_models(Capability.TRAJECTORY), _diffusion_tab),
+            ("Prompt & attention", "tab-prompt", get_models(Capability.ATTENTION), _prompt_tab),
+            ("Autoencoders", "tab-autoencoders", autoencoders, _autoencoder_tab),
+            ("Latent space", "tab-latent", get_models(Capability.INTERPOLATE), _latent_tab),
+        ]
+        for title, elem_id, models, build in capability_tabs:
+            if models:
+                with gr.Tab(title, elem_id=elem_id):
+                    build(models)
 
         with gr.Tab("Plugins", elem_id="tab-plugins"):
             loaded, failed = plugin_rows()

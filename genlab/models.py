@@ -52,6 +52,11 @@ class Samples:
     info: dict = field(default_factory=dict)
 
 
+def unwrap(network):
+    """The module itself when a training wrapper (accelerate's DDP) holds it: its config and helpers live there."""
+    return getattr(network, "module", network)
+
+
 class Model:
     """Base class of every genlab model. Subclasses set the class attributes and implement
     ``network_class`` and ``training_loss``, plus a method per declared capability."""

@@ -18,15 +18,12 @@ from typing import Literal
 from pydantic import Field
 
 import genlab
-from genlab import Capability, Model, Samples
+from genlab import Capability, Model, Samples, unwrap
 from genlab.errors import GenlabError
 
 WEIGHTS = Path(__file__).parent / "weights" / "ddpm-mnist-5k"
 SAMPLERS = ("ddpm", "ddim", "dpm-solver++")
 
-
-def _unwrap(network):
-    return getattr(network, "module", network)
 
 
 class DDPM(Model):
@@ -77,7 +74,7 @@ class DDPM(Model):
         return self.network.config.num_train_timesteps
 
     def _alpha_bar(self, network=None):
-        net = _unwrap(network if network is not None else self.network)
+        net = unwrap(network if network is not None else self.network)
         cache = getattr(net, "_genlab_alpha_bar", None)
         if cache is None:
             cache = net.alphas_cumprod.float()
@@ -107,7 +104,7 @@ class DDPM(Model):
 
         from genlab.datasets import to_unit
 
-        net = _unwrap(network)
+        net = unwrap(network)
         x0 = to_unit(batch["images"]) * 2 - 1
         device = x0.device
         T = net.config.num_train_timesteps

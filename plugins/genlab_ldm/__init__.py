@@ -15,14 +15,11 @@ from typing import Literal
 from pydantic import Field
 
 import genlab
-from genlab import Capability, Model, Samples
+from genlab import Capability, Model, Samples, unwrap
 from genlab.errors import GenlabError
 
 WEIGHTS = Path(__file__).parent / "weights"
 
-
-def _unwrap(network):
-    return getattr(network, "module", network)
 
 
 class LDMAutoencoder(Model):
@@ -135,7 +132,7 @@ class LDM(Model):
 
         from .network import caption_batch
 
-        net = _unwrap(network)
+        net = unwrap(network)
         prompts = caption_batch(batch["images"], batch["labels"], net.config.band_edges, generator)
         return network(to_unit(batch["images"]), prompts, generator=generator), {}
 

@@ -12,7 +12,7 @@ from typing import Literal
 from pydantic import Field
 
 import genlab
-from genlab import Capability, Model, Samples
+from genlab import Capability, Model, Samples, unwrap
 from genlab.errors import GenlabError
 from genlab.interpolation import interpolate_latents
 
@@ -48,8 +48,8 @@ class VAE(Model):
     def training_loss(self, network, batch, generator=None):
         x = self._inputs(network, batch["images"], generator)
         terms = network(x, generator=generator)
-        beta = _unwrap(network).config.beta
-        dims = _unwrap(network).dims
+        beta = unwrap(network).config.beta
+        dims = unwrap(network).dims
         loss = (beta * terms["kl"] - terms["recon"]).mean() / dims  # nats per dim keeps the lr scale-free
         return loss, {"recon_nats": terms["recon"].mean().detach(), "kl_nats": terms["kl"].mean().detach()}
 
@@ -58,7 +58,7 @@ class VAE(Model):
         """uint8 pixels -> what the decoder models: dequantized values for densities, x/255 for Bernoulli."""
         from genlab.datasets import dequantize, to_unit
 
-        if _unwrap(network).config.likelihood == "bernoulli":
+        if unwrap(network).config.likelihood == "bernoulli":
             return to_unit(images)
         return dequantize(images, generator)
 
@@ -154,10 +154,6 @@ class VAE(Model):
             "latent_dim": int(mu.shape[1]),
         }
 
-
-def _unwrap(network):
-    # accelerate may wrap the network (DDP); the math lives on the module itself
-    return getattr(network, "module", network)
 
 
 @genlab.hookimpl
