@@ -1,12 +1,33 @@
-"""Turn a run's metrics.json into report.md (jinja2 template in templates/)."""
+"""Turn a run's metrics.json into report.md, charts, and one self-contained report.html.
+
+The Markdown (jinja2 template in templates/) is the single source; the HTML is that Markdown
+rendered by markdown-it with every image embedded, so the page can be mailed or opened offline.
+"""
 
 from __future__ import annotations
 
+import base64
+import re
 from pathlib import Path
 
 from jinja2 import Environment, FileSystemLoader, StrictUndefined
 
 TEMPLATES = Path(__file__).parent / "templates"
+
+HTML_PAGE = """<!doctype html>
+<html lang="en"><head><meta charset="utf-8"><title>{title}</title>
+<style>
+body {{ font-family: system-ui, sans-serif; max-width: 1100px; margin: 2em auto; padding: 0 1em; color: #222; }}
+table {{ border-collapse: collapse; margin: 1em 0; font-size: 0.9em; }}
+th, td {{ border: 1px solid #ccc; padding: 0.3em 0.6em; text-align: right; }}
+th:first-child, td:first-child {{ text-align: left; }}
+tr:nth-child(even) {{ background: #f6f6f6; }}
+img {{ max-width: 100%; image-rendering: pixelated; }}
+code {{ background: #f0f0f0; padding: 0 0.2em; }}
+</style></head><body>
+{body}
+</body></html>
+"""
 
 
 def fmt(value, digits: int = 3) -> str:
@@ -24,10 +45,76 @@ def fmt(value, digits: int = 3) -> str:
     return str(value)
 
 
+def charts(result: dict, out: Path) -> dict:
+    """FID against NFE (iterative samplers) and FID against images/s (every sampling model), as PNGs."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows = [r for r in result["models"] if r.get("fid") is not None and r.get("images_per_second")]
+    made = {}
+    series: dict = {}
+    for r in rows:
+        sampler = r["options"].get("sampler")
+        if sampler and r.get("nfe", 0) > 1:
+            series.setdefault(f"{r['id']} {sampler}", []).append((r["nfe"], r["fid"]))
+    if series:
+        fig, ax = plt.subplots(figsize=(5.5, 3.6), dpi=110)
+        for label, points in sorted(series.items()):
+            points.sort()
+            ax.plot([p[0] for p in points], [p[1] for p in points], marker="o", label=label)
+        ax.axhline(result["real_data_floor"]["fid"], color="gray", linestyle="--", label="real data floor")
+        ax.set_xlabel("network evaluations per image (NFE)")
+        ax.set_ylabel(f"FID ({result['feature_extractor']})")
+        ax.set_xscale("log")
+        ax.legend(fontsize=8)
+        fig.tight_layout()
+        fig.savefig(out / "images" / "fid_vs_nfe.png")
+        plt.close(fig)
+        made["fid_vs_nfe"] = "images/fid_vs_nfe.png"
+    if rows:
+        fig, ax = plt.subplots(figsize=(5.5, 3.6), dpi=110)
+        for r in rows:
+            ax.scatter(r["images_per_second"], r["fid"])
+            ax.annotate(r["model"], (r["images_per_second"], r["fid"]), fontsize=7, xytext=(3, 3),
+                        textcoords="offset points")
+        ax.set_xscale("log")
+        ax.set_yscale("log")
+        ax.set_xlabel("images per second (this machine)")
+        ax.set_ylabel("FID (lower is better)")
+        fig.tight_layout()
+        fig.savefig(out / "images" / "quality_vs_speed.png")
+        plt.close(fig)
+        made["quality_vs_speed"] = "images/quality_vs_speed.png"
+    return made
+
+
+def to_html(markdown_text: str, folder: Path, title: str) -> str:
+    """Markdown -> one HTML page with the images it links inlined as data URIs."""
+    from markdown_it import MarkdownIt
+
+    body = MarkdownIt("commonmark").enable("table").render(markdown_text)
+
+    def inline(match):
+        path = folder / match.group(1)
+        if not path.is_file():
+            return match.group(0)
+        data = base64.b64encode(path.read_bytes()).decode()
+        return f'src="data:image/png;base64,{data}"'
+
+    body = re.sub(r'src="([^"]+\.png)"', inline, body)
+    return HTML_PAGE.format(title=title, body=body)
+
+
 def write_report(result: dict, out: Path) -> Path:
+    """Write report.md and report.html into ``out``; returns the Markdown path."""
+    out = Path(out)
     env = Environment(loader=FileSystemLoader(TEMPLATES), undefined=StrictUndefined,
                       trim_blocks=True, lstrip_blocks=True)
     env.filters["fmt"] = fmt
-    path = Path(out) / "report.md"
-    path.write_text(env.get_template("report.md.j2").render(r=result))
+    markdown = env.get_template("report.md.j2").render(r=result, charts=charts(result, out))
+    path = out / "report.md"
+    path.write_text(markdown)
+    (out / "report.html").write_text(to_html(markdown, out, f"genlab eval: {result['name']}"))
     return path

@@ -299,6 +299,32 @@ def autoencoder_view(model_id: str, index):
     return _show(x), fig, _show(recon), text
 
 
+def report_folders() -> dict[str, str]:
+    """Reports on disk, newest first: committed ones under evals/reports, runs under evals/runs."""
+    from pathlib import Path
+
+    import evals
+
+    root = Path(evals.__file__).parent
+    found = [p.parent for sub in ("reports", "runs") for p in (root / sub).glob("*/report.html")]
+    found.sort(key=lambda p: p.stat().st_mtime, reverse=True)
+    return {f"{p.parent.name}/{p.name}": str(p) for p in found}
+
+
+def show_report(choice: str | None):
+    """The chosen report's HTML page (images inlined)."""
+    from pathlib import Path
+
+    folders = report_folders()
+    if not choice:
+        return "No report yet: run `genlab eval evals/bundled.toml`." if not folders else ""
+    if choice not in folders:
+        raise gr.Error(f"no report {choice!r}; reports on disk: {', '.join(folders) or 'none'}", print_exception=False)
+    page = (Path(folders[choice]) / "report.html").read_text()
+    body = page.split("<body>", 1)[-1].rsplit("</body>", 1)[0]
+    return body
+
+
 def plugin_rows():
     """(loaded rows, failed rows) for the Plugins tab."""
     from .registry import get_models, plugin_failures, registry
@@ -424,6 +450,17 @@ def build_app() -> gr.Blocks:
             if models:
                 with gr.Tab(title, elem_id=elem_id):
                     build(models)
+
+        with gr.Tab("Report", elem_id="tab-report"):
+            reports = report_folders()
+            with gr.Row():
+                report_choice = gr.Dropdown(list(reports), value=next(iter(reports), None), label="report",
+                                            elem_id="report-choice")
+                refresh = gr.Button("Refresh list")
+            report_view = gr.HTML(show_report(next(iter(reports), None)), elem_id="report-view")
+            report_choice.change(show_report, report_choice, report_view, api_name="report")
+            refresh.click(lambda: gr.update(choices=list(report_folders())), None, report_choice,
+                          api_visibility="private")
 
         with gr.Tab("Plugins", elem_id="tab-plugins"):
             loaded, failed = plugin_rows()

@@ -169,3 +169,18 @@ def test_autoencoder_view_shows_each_familys_latent(served, model_id, size_text)
     original, plot, recon, text = served.predict(model_id, 5, api_name="/autoencode")
     assert Image.open(original).size == Image.open(recon).size
     assert size_text in text
+
+
+@pytest.fixture
+def report_on_disk(tmp_path, monkeypatch):
+    folder = tmp_path / "reports" / "demo"
+    folder.mkdir(parents=True)
+    (folder / "report.html").write_text("<html><body><h1>genlab eval: demo</h1><table></table></body></html>")
+    monkeypatch.setattr(app_module, "report_folders", lambda: {"reports/demo": str(folder)})
+
+
+def test_report_tab_shows_a_report_from_disk(report_on_disk, served):
+    html = served.predict("reports/demo", api_name="/report")
+    assert "genlab eval: demo" in html and "<body>" not in html
+    with pytest.raises(app_module.gr.Error, match="no report 'nope'; reports on disk: reports/demo"):
+        app_module.show_report("nope")

@@ -37,6 +37,9 @@ def test_eval_end_to_end_on_digits(tmp_path, tiny_vae_dir, with_example_plugin):
     assert metrics["best_by_family"]["baseline"]["fid"] == noise["fid"]
     text = report.read_text()
     assert "| vae | vae |" in text and "| uniform-noise | baseline |" in text
+    html = (tmp_path / "run" / "report.html").read_text()
+    assert "<table>" in html and 'src="images/' not in html  # self-contained: every image inlined
+    assert html.count("data:image/png;base64,") == 3  # two sample grids and the quality/speed chart
     assert "mnist-classifier" in text and "60 samples per model" in text
 
 
@@ -80,6 +83,7 @@ def test_diffusion_rows_report_quality_against_nfe(tmp_path, tiny_ddpm_dir, fake
     assert rows["ddim-5"]["nfe"] == 5 and rows["dpm-3"]["nfe"] == 3
     best = min(rows.values(), key=lambda r: r["fid"])
     assert metrics["best_by_family"]["diffusion"]["model"] == best["model"]
+    assert (tmp_path / "run" / "images" / "fid_vs_nfe.png").is_file()
     assert rows["ddim-5"]["options"]["sampler"] == "ddim"
     assert "10 of 100 terms" in rows["ddim-5"]["likelihood"]["method"]
     assert rows["ddim-5"]["likelihood"]["bpd"] > 0 and rows["ddim-5"]["fid"] > 0
