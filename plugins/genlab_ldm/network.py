@@ -123,7 +123,10 @@ class LatentDiffusion(ModelMixin, ConfigMixin):
         if kind == "ddim":
             return DDIMScheduler(**base, clip_sample=False, set_alpha_to_one=True)
         if kind == "dpm-solver++":
-            return DPMSolverMultistepScheduler(**base, algorithm_type="dpmsolver++", solver_order=2)
+            # the cosine schedule's alpha-bar reaches ~0 at t = T, where log-SNR is -inf: diffusers'
+            # lambda_min_clipped keeps the solver's first step finite (their advice for this schedule)
+            return DPMSolverMultistepScheduler(**base, algorithm_type="dpmsolver++", solver_order=2,
+                                               lambda_min_clipped=-5.1)
         raise ValueError(f"unknown scheduler {kind!r}")
 
     @property
