@@ -247,10 +247,15 @@ def prompt_attention(model_id: str, prompt, guidance, steps, seed):
         raise gr.Error(str(exc), print_exception=False) from None
     image = out["image"][0].cpu().numpy()
     maps = out["maps"].cpu().numpy()
+    ink = image > 0.5
     items = []
     for token, heat in zip(out["tokens"], maps):
         share = float(heat.mean())  # the token's average share of attention over the image
-        items.append((_overlay(image, heat / max(float(heat.max()), 1e-8)), f"{token}: {share:.0%} of attention"))
+        # how much more this token is attended on the strokes than on the background
+        contrast = float(heat[ink].mean() / max(heat[~ink].mean(), 1e-8)) if ink.any() and (~ink).any() else 1.0
+        spread = float(heat.max() - heat.min())
+        scaled = (heat - heat.min()) / max(spread, 1e-8)  # stretched to show where, not how much
+        items.append((_overlay(image, scaled), f"{token}: {share:.0%} of attention, {contrast:.2f}x on strokes"))
     notes = "".join(f"\n- {n}" for n in out["notes"])
     caption = f"{out['nfe']} network evaluations, {seconds:.2f} s{notes}"
     return _show(out["image"]), items, caption

@@ -153,6 +153,7 @@ def test_prompt_tab_shows_a_heatmap_per_token(served):
     assert Image.open(image).size == (64, 64)
     assert [h["caption"].split(":")[0] for h in heatmaps] == ["a", "thick", "7"]
     shares = [float(h["caption"].split(": ")[1].split("%")[0]) for h in heatmaps]
+    assert all("x on strokes" in h["caption"] for h in heatmaps)
     assert sum(shares) == pytest.approx(100, abs=2)  # the tokens share all the attention
     assert "8 network evaluations" in caption
 
