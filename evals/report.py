@@ -56,9 +56,10 @@ def charts(result: dict, out: Path) -> dict:
     made = {}
     series: dict = {}
     for r in rows:
-        sampler = r["options"].get("sampler")
-        if sampler and r.get("nfe", 0) > 1:
-            series.setdefault(f"{r['id']} {sampler}", []).append((r["nfe"], r["fid"]))
+        if r.get("nfe", 0) > 1:
+            # one line per model and setting; only the number of steps varies along it
+            setting = ", ".join(f"{k} {v}" for k, v in r["options"].items() if k not in ("steps", "prompt"))
+            series.setdefault(f"{r['id']} ({setting})" if setting else r["id"], []).append((r["nfe"], r["fid"]))
     if series:
         fig, ax = plt.subplots(figsize=(5.5, 3.6), dpi=110)
         for label, points in sorted(series.items()):
