@@ -107,3 +107,17 @@ def test_latent_diffusion_rows_report_prompt_accuracy_and_first_stage(tmp_path, 
     assert "fid" not in autoencoder and autoencoder["reconstruction"]["ssim"] <= 1
     text = report.read_text()
     assert "## Prompts" in text and "| ldm-autoencoder |" in text
+
+
+def test_standard_inception_features_load_offline_from_the_wheel():
+    import torch
+
+    from genlab.registry import get_feature_extractor
+
+    from genlab.datasets import load_dataset
+
+    extractor = get_feature_extractor("inception-v3-tf").load()("inception-v3-tf", ["2048"])
+    images = load_dataset("mnist-5k", "heldout").images[:8]
+    with torch.no_grad():
+        (features,) = extractor(images)
+    assert features.shape == (8, 2048) and features.min() >= 0  # pool features after ReLU
