@@ -32,7 +32,6 @@ class FeatureExtractorSpec:
 
 # ----- the MNIST classifier --------------------------------------------------------------------
 def _classifier_class():
-    import torch
     from diffusers import ConfigMixin, ModelMixin
     from diffusers.configuration_utils import register_to_config
     from torch import nn

@@ -11,7 +11,6 @@ sees exactly the batches an uninterrupted run would have seen. Checkpoints are w
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import signal
 import subprocess

@@ -8,7 +8,6 @@ import pytest
 os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-import genlab  # noqa: E402
 from genlab import plugins, registry  # noqa: E402
 
 HERE = Path(__file__).parent

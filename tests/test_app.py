@@ -5,7 +5,6 @@ from gradio_client import Client
 from PIL import Image
 
 import genlab.app as app_module
-from genlab import plugins, registry
 
 
 @pytest.fixture
