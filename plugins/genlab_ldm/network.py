@@ -40,14 +40,21 @@ def minilm_path() -> str:
     return str(Path(spec.origin).parent / "model")
 
 
-def build_tokenizer(vocabulary: list[str], max_length: int):
-    """A word-level transformers tokenizer over the caption vocabulary; unknown words map to [UNK]."""
-    from tokenizers import Tokenizer, models, pre_tokenizers
+def build_tokenizer(vocabulary: list[str], max_length: int, start_token: bool = False):
+    """A word-level transformers tokenizer over the caption vocabulary; unknown words map to [UNK].
+
+    With ``start_token`` every prompt begins with [CLS], as CLIP's prompts begin with a start token:
+    image positions the prompt says nothing about can put their attention there (a "sink") instead
+    of spreading it over the words, which is what lets the words' maps be spatial.
+    """
+    from tokenizers import Tokenizer, models, pre_tokenizers, processors
     from transformers import PreTrainedTokenizerFast
 
     vocab = {w: i for i, w in enumerate(["[PAD]", "[UNK]", "[CLS]", *vocabulary])}
     core = Tokenizer(models.WordLevel(vocab=vocab, unk_token="[UNK]"))
     core.pre_tokenizer = pre_tokenizers.Sequence([pre_tokenizers.Whitespace(), pre_tokenizers.Punctuation()])
+    if start_token:
+        core.post_processor = processors.TemplateProcessing(single="[CLS] $A", special_tokens=[("[CLS]", 2)])
     tokenizer = PreTrainedTokenizerFast(tokenizer_object=core, pad_token="[PAD]", unk_token="[UNK]",
                                         cls_token="[CLS]", model_max_length=max_length)
     return tokenizer
@@ -64,6 +71,9 @@ class LatentDiffusion(ModelMixin, ConfigMixin):
             "pretrained" (frozen all-MiniLM-L6-v2 from ``text_encoder_path``).
         text_hidden (int, default 64), text_layers (int, default 2), text_heads (int, default 4):
             size of the jointly trained encoder.
+        causal_text (bool, default False): the joint encoder attends only to earlier tokens, as
+            CLIP's text encoder does, so the start token carries no prompt content.
+        start_token (bool, default False): prompts begin with [CLS] (see ``build_tokenizer``).
         max_prompt_tokens (int, default 8): longer prompts are truncated.
         vocabulary (list): caption words (the tokenizer of the joint encoder).
         band_edges (dict): attribute tertiles used to caption the training data.
@@ -80,7 +90,8 @@ class LatentDiffusion(ModelMixin, ConfigMixin):
                  vocabulary: list | None = None, band_edges: dict | None = None,
                  block_out_channels: tuple = (64, 128), concat_channels: int = 4, attention_head_dim: int = 8,
                  num_train_timesteps: int = 1000, beta_schedule: str = "squaredcos_cap_v2",
-                 condition_dropout: float = 0.1, latent_channels: int = 4, latent_size: int = 8):
+                 condition_dropout: float = 0.1, latent_channels: int = 4, latent_size: int = 8,
+                 causal_text: bool = False, start_token: bool = False):
         super().__init__()
         if conditioning not in CONDITIONING:
             raise ValueError(f"unknown conditioning {conditioning!r}; valid: {', '.join(CONDITIONING)}")
@@ -93,7 +104,7 @@ class LatentDiffusion(ModelMixin, ConfigMixin):
             self.text_model = BertModel(BertConfig(
                 vocab_size=len(vocabulary or captions_mod.vocabulary()) + 3, hidden_size=text_hidden,
                 num_hidden_layers=text_layers, num_attention_heads=text_heads, intermediate_size=2 * text_hidden,
-                max_position_embeddings=max(16, max_prompt_tokens), pad_token_id=0,
+                max_position_embeddings=max(16, max_prompt_tokens), pad_token_id=0, is_decoder=causal_text,
             ), add_pooling_layer=False) if uses_text else None
             width = text_hidden
         else:
@@ -140,7 +151,7 @@ class LatentDiffusion(ModelMixin, ConfigMixin):
             return self._pretrained()[0]
         if self._tokenizer is None:
             self._tokenizer = build_tokenizer(self.config.vocabulary or captions_mod.vocabulary(),
-                                              self.config.max_prompt_tokens)
+                                              self.config.max_prompt_tokens, self.config.start_token)
         return self._tokenizer
 
     def _pretrained(self):
