@@ -88,6 +88,25 @@ def charts(result: dict, out: Path) -> dict:
         fig.savefig(out / "images" / "quality_vs_speed.png")
         plt.close(fig)
         made["quality_vs_speed"] = "images/quality_vs_speed.png"
+    kl_rows = [r for r in result["models"] if (r.get("latents") or {}).get("kl_per_dim")]
+    if kl_rows:
+        fig, ax = plt.subplots(figsize=(5.5, 3.2), dpi=110)
+        seen = set()
+        for r in kl_rows:
+            if r["id"] in seen:
+                continue
+            seen.add(r["id"])
+            kl = sorted(r["latents"]["kl_per_dim"], reverse=True)
+            ax.plot(range(1, len(kl) + 1), kl, marker="o" if len(kl) <= 64 else None, markersize=3, label=r["model"])
+        ax.set_xlabel("latent dimension (sorted by KL)")
+        ax.set_ylabel("KL(q(z_d|x) || N(0,1)) (nats)")
+        ax.set_xscale("log")
+        ax.set_yscale("symlog", linthresh=0.01)
+        ax.legend(fontsize=8)
+        fig.tight_layout()
+        fig.savefig(out / "images" / "kl_per_dim.png")
+        plt.close(fig)
+        made["kl_per_dim"] = "images/kl_per_dim.png"
     return made
 
 
@@ -114,6 +133,7 @@ def write_report(result: dict, out: Path) -> Path:
     env = Environment(loader=FileSystemLoader(TEMPLATES), undefined=StrictUndefined,
                       trim_blocks=True, lstrip_blocks=True)
     env.filters["fmt"] = fmt
+    env.filters["pm"] = lambda spread: f" ± {fmt(spread, 2)}" if spread is not None else ""
     markdown = env.get_template("report.md.j2").render(r=result, charts=charts(result, out))
     path = out / "report.md"
     path.write_text(markdown)

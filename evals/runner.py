@@ -8,7 +8,9 @@ prompt -> prompt (and attribute) accuracy.
 
 from __future__ import annotations
 
+import hashlib
 import json
+import os
 import platform
 import re
 from datetime import datetime, timezone
@@ -46,10 +48,16 @@ class EvalConfig(BaseModel):
     dataset: str = "mnist-5k"
     num_samples: int = Field(1000, ge=2, le=100_000)
     seed: int = 0
+    # independent sample sets (seeds seed, seed+1, ...), each against its own reference draw:
+    # quality metrics are reported as mean and standard deviation over them
+    repeats: int = Field(1, ge=1, le=20)
     feature_extractor: str = "mnist-classifier"
+    extra_feature_extractors: list[str] = Field(default_factory=list)  # FID/KID also reported with these
     batch_size: int = Field(250, ge=1, le=10_000)
     likelihood_images: int = Field(500, ge=1)
     prompt_samples: int = Field(20, ge=1, le=10_000)  # per prompt, for prompt and attribute accuracy
+    interpolation_pairs: int = Field(8, ge=0, le=1000)  # held-out pairs per interpolating model
+    interpolation_steps: int = Field(16, ge=3, le=64)
 
     @field_validator("models", mode="before")
     @classmethod
@@ -78,8 +86,12 @@ def load_suite(path: str | Path) -> EvalConfig:
 
 
 # ----- torch-fidelity plumbing -----------------------------------------------------------------
-def fidelity_metrics(generated, reference, extractor: str, *, seed: int = 0) -> dict:
-    """FID, KID (and IS, precision/recall where the extractor provides them) of two uint8 image sets."""
+def fidelity_metrics(generated, reference, extractor: str, *, seed: int = 0, reference_cache: Path | None = None) -> dict:
+    """FID, KID (and IS, precision/recall where the extractor provides them) of two uint8 image sets.
+
+    ``reference_cache``: a folder where torch-fidelity keeps the reference set's features, so the
+    same reference is featurized once per run rather than once per model (and survives a resume).
+    """
     import torch
     import torch_fidelity
     from torch_fidelity.registry import FEATURE_EXTRACTORS_REGISTRY
@@ -104,14 +116,17 @@ def fidelity_metrics(generated, reference, extractor: str, *, seed: int = 0) -> 
             return self.images[i]
 
     n = min(len(generated), len(reference))
+    cache = {}
+    if reference_cache is not None:
+        cache = {"cache": True, "cache_root": str(reference_cache), "input2_cache_name": reference_cache.name}
     torch.manual_seed(seed)
     metrics = torch_fidelity.calculate_metrics(
         input1=Images(generated), input2=Images(reference),
         feature_extractor=name, fid=True, kid=True, isc=with_isc, prc=True,
         # subsets smaller than N, or every subset is the whole set and the spread says nothing
         kid_subset_size=min(1000, max(2, n // 2)), kid_subsets=100, isc_splits=min(10, max(1, n // 50)),
-        cuda=torch.cuda.is_available(), cache=False, batch_size=250, save_cpu_ram=True,
-        verbose=False, rng_seed=seed,
+        cuda=torch.cuda.is_available(), batch_size=250, save_cpu_ram=True,
+        verbose=False, rng_seed=seed, **({"cache": False} | cache),
     )
     renamed = {
         "fid": metrics["frechet_inception_distance"],
@@ -125,23 +140,77 @@ def fidelity_metrics(generated, reference, extractor: str, *, seed: int = 0) -> 
     return {k: (None if v is None else float(v)) for k, v in renamed.items()}
 
 
-# ----- the run ---------------------------------------------------------------------------------
-def _sample_all(model, entry: ModelEntry, n: int, seed: int, batch_size: int):
-    """N images as uint8, drawn in seeded batches; returns (images, seconds spent sampling, nfe)."""
+QUALITY = ("fid", "kid", "inception_score", "precision", "recall")
+
+
+def mean_and_spread(runs: list[dict]) -> dict:
+    """Per-seed metric dicts -> the mean of each quality metric, its standard deviation over seeds
+    (``spread``, None for a single seed) and the runs themselves."""
+    import statistics
+
+    out: dict = {"spread": {}, "runs": runs}
+    for key in runs[0]:
+        values = [r[key] for r in runs if r.get(key) is not None]
+        if not values:
+            out[key] = None
+            continue
+        out[key] = statistics.fmean(values)
+        if key in QUALITY:
+            out["spread"][key] = statistics.stdev(values) if len(values) > 1 else None
+    return out
+
+
+# ----- samples on disk -------------------------------------------------------------------------
+def digest(data) -> str:
+    """A short stable hash of JSON-able data: names sample folders and cached results."""
+    return hashlib.sha256(json.dumps(data, sort_keys=True, default=str).encode()).hexdigest()[:10]
+
+
+def _write_atomic(path: Path, text: str) -> None:
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+
+
+def sample_shards(model, entry: ModelEntry, n: int, seed: int, batch_size: int, folder: Path):
+    """N images as uint8, drawn in seeded batches, each batch saved as a shard the moment it is made.
+
+    A killed eval resumes from the shards on disk and samples only the missing ones; a shard's
+    sampling time is stored with it, so throughput survives a resume. Returns (images, seconds,
+    nfe, shards sampled by this call).
+    """
     import torch
+    from safetensors import safe_open
+    from safetensors.torch import save_file
     from tqdm.auto import tqdm
 
     from genlab.datasets import to_uint8
 
+    folder.mkdir(parents=True, exist_ok=True)
     options = model.parse_options(entry.options)
-    chunks, seconds, nfe = [], 0.0, None
-    batches = range(0, n, batch_size)
-    for index, start in enumerate(tqdm(batches, desc=f"sample {entry.name}", unit="batch", leave=False)):
-        result = model.sample(min(batch_size, n - start), seed=seed * 100_003 + index, options=options)
-        chunks.append(to_uint8(result.images))
+    chunks, seconds, nfe, made = [], 0.0, None, 0
+    starts = range(0, n, batch_size)
+    for index, start in enumerate(tqdm(starts, desc=f"sample {entry.name} (seed {seed})", unit="shard", leave=False)):
+        count = min(batch_size, n - start)
+        shard = folder / f"shard-{index:05d}.safetensors"
+        if shard.is_file():
+            with safe_open(str(shard), "pt") as f:
+                images, meta = f.get_tensor("images"), f.metadata()
+            if len(images) == count:
+                chunks.append(images)
+                seconds += float(meta["seconds"])
+                nfe = int(meta["nfe"]) if meta.get("nfe") not in (None, "None") else None
+                continue
+        result = model.sample(count, seed=seed * 100_003 + index, options=options)
+        images = to_uint8(result.images).contiguous()
+        tmp = shard.with_suffix(".tmp")
+        save_file({"images": images}, str(tmp), metadata={"seconds": repr(result.seconds), "nfe": str(result.nfe)})
+        os.replace(tmp, shard)  # a shard is on disk whole or not at all
+        chunks.append(images)
         seconds += result.seconds
         nfe = result.nfe
-    return torch.cat(chunks), seconds, nfe
+        made += 1
+    return torch.cat(chunks), seconds, nfe, made
 
 
 def _latency(model, entry: ModelEntry, seed: int, repeats: int = 5) -> float:
@@ -162,18 +231,263 @@ def best_by_family(rows: list[dict]) -> dict:
     return best
 
 
-def run_eval(config: EvalConfig, out_dir: str | Path | None = None) -> Path:
-    """Run ``config``; returns the path of the written report.md."""
+def _slug(name: str) -> str:
+    return re.sub(r"[^0-9A-Za-z_.-]", "_", name)
+
+
+# ----- the run ---------------------------------------------------------------------------------
+def run_name(config: EvalConfig) -> str:
+    """A name that is the same for the same settings, so re-running a command resumes its run."""
+    models = ",".join(m.name for m in config.models) if config.models else "all"
+    return config.name or f"{config.dataset}-n{config.num_samples}-seed{config.seed}-{digest([models, config.model_dump()])}"
+
+
+def default_run_dir(config: EvalConfig) -> Path:
+    return EVALS_DIR / "runs" / run_name(config)
+
+
+def weights_fingerprint(model) -> list:
+    """Names, sizes and modification times of a checkpoint's files: retrained weights are new weights."""
+    if model.weights is None or not Path(model.weights).is_dir():
+        return []
+    return sorted((p.name, p.stat().st_size, p.stat().st_mtime_ns) for p in Path(model.weights).iterdir() if p.is_file())
+
+
+class _Run:
+    """One eval run in one folder: what it measures, and where its shards and finished rows live."""
+
+    def __init__(self, config: EvalConfig, out: Path):
+        import torch
+
+        from genlab.datasets import load_dataset
+
+        self.config, self.out = config, out
+        self.train = load_dataset(config.dataset, "train", seed=config.seed)
+        self.heldout = load_dataset(config.dataset, "heldout", seed=config.seed)
+        self.seeds = [config.seed + r for r in range(config.repeats)]
+        self.extractors = [config.feature_extractor, *[e for e in config.extra_feature_extractors
+                                                       if e != config.feature_extractor]]
+        n = config.num_samples
+        self.references = {}
+        for seed in self.seeds:  # each seed draws its own reference set from the training split
+            order = torch.randperm(len(self.train), generator=torch.Generator().manual_seed(seed))
+            self.references[seed] = self.train.images[order[:n]]
+
+    def reference_cache(self, seed: int, extractor: str) -> Path:
+        c = self.config
+        return self.out / "cache" / f"reference-{c.dataset}-{c.num_samples}-{seed}-{extractor}"
+
+    def quality(self, images_by_seed: dict) -> dict:
+        """Quality metrics per extractor, mean and spread over seeds."""
+        out = {}
+        for extractor in self.extractors:
+            runs = [fidelity_metrics(images_by_seed[s], self.references[s], extractor, seed=s,
+                                     reference_cache=self.reference_cache(s, extractor)) for s in self.seeds]
+            out[extractor] = mean_and_spread(runs)
+        return out
+
+    def cached(self, kind: str, key, compute):
+        """``compute()``, or its result from an earlier (interrupted) run of the same thing."""
+        path = self.out / "cache" / f"{kind}-{digest(key)}.json"
+        if path.is_file():
+            return json.loads(path.read_text())
+        value = compute()
+        path.parent.mkdir(parents=True, exist_ok=True)
+        _write_atomic(path, json.dumps(value))
+        return value
+
+
+def _floor(run: _Run) -> dict:
+    """The real-data floor: held-out real digits against each seed's reference, same extractors."""
+    n = run.config.num_samples
+    images = {s: run.heldout.images[:n] for s in run.seeds}
+    quality = run.quality(images)
+    floor = dict(quality[run.config.feature_extractor])
+    floor["num_images"] = min(n, len(run.heldout))
+    floor["extractors"] = {k: {m: v[m] for m in QUALITY if m in v} | {"spread": v["spread"]} for k, v in quality.items()}
+    floor["sharpness"] = _sharpness(run.heldout.images[:n])
+    return floor
+
+
+def _sharpness(images) -> float:
+    from .measures import sharpness
+
+    return sharpness(images)
+
+
+def _interpolation(model, run: _Run, entry: ModelEntry, strip_path: Path) -> dict:
+    """Smoothness of the model's own interpolation between held-out pairs, in classifier features."""
     import torch
 
-    from genlab.datasets import load_dataset, to_unit
+    from genlab.datasets import to_unit
+    from genlab.features import load_classifier
+    from genlab.images import grid
+
+    from .measures import path_smoothness
+
+    c = run.config
+    pairs = min(c.interpolation_pairs, len(run.heldout) // 2)
+    order = torch.randperm(len(run.heldout), generator=torch.Generator().manual_seed(c.seed))[: 2 * pairs]
+    x = to_unit(run.heldout.images[order])
+    classifier = load_classifier()
+    paths, features = [], []
+    for i in range(pairs):
+        frames = model.interpolate(x[2 * i], x[2 * i + 1], steps=c.interpolation_steps).float().clamp(0, 1)
+        paths.append(frames)
+        with torch.inference_mode():
+            features.append(classifier.features(frames))
+    result = path_smoothness(torch.stack(features))
+    strip = torch.cat(paths[:3])
+    grid(strip, nrow=c.interpolation_steps, scale=2).save(strip_path)
+    result["strip"] = str(strip_path.relative_to(run.out))
+    return result
+
+
+def _latent_usage(model, run: _Run) -> dict | None:
+    from genlab.datasets import to_unit
+
+    from .measures import latent_usage
+
+    try:
+        mean, logvar = model.posterior(to_unit(run.heldout.images[: run.config.likelihood_images]))
+    except NotImplementedError:
+        return None
+    usage = latent_usage(mean, logvar)
+    usage.pop("activity")
+    return usage
+
+
+def _closest_pairs_image(samples, train, pairs: list[dict], path: Path) -> None:
+    """Top row: the samples nearest to a training image; bottom row: those training images."""
+    import torch
+
+    from genlab.images import grid
+
+    top = samples[[p["sample"] for p in pairs]]
+    bottom = train[[p["train"] for p in pairs]]
+    grid(torch.cat([top, bottom]).float() / 255, nrow=len(pairs), scale=2).save(path)
+
+
+def _class_balance(images) -> dict:
+    """How the bundled classifier labels the samples: a mode-collapse check (1.0 = all ten digits equally)."""
+    import math
+
+    import torch
+
+    from genlab.datasets import to_unit
+    from genlab.features import classify
+
+    counts = torch.bincount(classify(to_unit(images)), minlength=10).float()
+    p = counts / counts.sum()
+    entropy = float(-(p[p > 0] * p[p > 0].log()).sum() / math.log(10))
+    return {"counts": counts.int().tolist(), "normalized_entropy": entropy,
+            "digits_covered": int((p >= 0.02).sum())}
+
+
+def _measure_model(model, entry: ModelEntry, run: _Run, measured: dict) -> dict:
+    import torch
+
+    from genlab.datasets import to_unit
     from genlab.images import grid
     from genlab.metrics import reconstruction_metrics
+    from genlab.models import Capability
+
+    from .measures import loss_stability, memorization
+
+    config, out = run.config, run.out
+    slug = _slug(entry.name)
+    options = model.parse_options(entry.options).model_dump()
+    row = {
+        "model": entry.name, "id": entry.id, "family": model.family, "options": options,
+        "capabilities": sorted(c.value for c in model.capabilities),
+        "parameters": model.parameter_count(),
+        "training": {k: model.metadata().get(k) for k in ("steps", "wall_seconds", "cpu_seconds", "dataset")},
+        "stability": loss_stability(model.training_log()),
+        "objective": getattr(model, "training_objective", None),
+        "latent_shape": model.latent_shape(),
+        "data_shape": tuple(run.train.images.shape[1:]),
+    }
+    weights_key = (entry.id, str(model.weights), json.dumps(weights_fingerprint(model)))
+    if model.can(Capability.SAMPLE):
+        images_by_seed, seconds, nfe = {}, 0.0, None
+        for seed in run.seeds:
+            folder = out / "samples" / f"{slug}-{digest([weights_key, options, config.num_samples, config.batch_size])}" / f"seed-{seed}"
+            images, sec, nfe, _ = sample_shards(model, entry, config.num_samples, seed, config.batch_size, folder)
+            images_by_seed[seed] = images
+            seconds += sec
+        quality = run.quality(images_by_seed)
+        main = quality[config.feature_extractor]
+        first = images_by_seed[run.seeds[0]]
+        n_total = config.num_samples * len(run.seeds)
+        row.update({
+            "nfe": nfe, "images_per_second": n_total / seconds if seconds > 0 else None,
+            "latency_ms": 1000 * _latency(model, entry, config.seed),
+            **main,
+            "seeds": run.seeds,
+            "extractors": {k: {m: v.get(m) for m in QUALITY} | {"spread": v["spread"]} for k, v in quality.items()},
+            "sharpness": _sharpness(first),
+            "class_balance": _class_balance(first),
+        })
+        grid_path = out / "images" / f"{slug}.png"
+        grid(first[:64].float() / 255, nrow=8, scale=2).save(grid_path)
+        row["sample_grid"] = str(grid_path.relative_to(out))
+        if first.shape[1:] == run.train.images.shape[1:]:
+            memo = memorization(first, run.train.images, run.heldout.images[: config.num_samples])
+            pairs_path = out / "images" / f"{slug}_closest.png"
+            _closest_pairs_image(first, run.train.images, memo["closest_pairs"], pairs_path)
+            memo["image"] = str(pairs_path.relative_to(out))
+        else:
+            memo = {"unavailable": f"samples are {tuple(first.shape[1:])}, the data {tuple(run.train.images.shape[1:])}"}
+        row["memorization"] = memo
+    # likelihood, reconstruction, latents and interpolation don't depend on sampling options:
+    # measured once per set of weights
+    if model.can(Capability.LIKELIHOOD):
+        key = (*weights_key, json.dumps(entry.likelihood, sort_keys=True))
+        if key not in measured:
+            subset = run.heldout.images[: config.likelihood_images]
+            try:
+                measured[key] = model.bits_per_dim(subset, seed=config.seed, **entry.likelihood)
+            except GenlabError as exc:
+                measured[key] = {"unavailable": str(exc)}
+        row["likelihood"] = measured[key]
+    if model.can(Capability.RECONSTRUCT):
+        key = (*weights_key, "reconstruction")
+        if key not in measured:
+            x = to_unit(run.heldout.images[: config.likelihood_images])
+            with torch.inference_mode():
+                measured[key] = reconstruction_metrics(x, model.reconstruct(x))
+        row["reconstruction"] = measured[key]
+    if model.can(Capability.ENCODE):
+        key = (*weights_key, "latents")
+        if key not in measured:
+            measured[key] = _latent_usage(model, run)
+        if measured[key] is not None:
+            row["latents"] = measured[key]
+    if model.can(Capability.INTERPOLATE) and config.interpolation_pairs > 0:
+        key = (*weights_key, "interpolation")
+        if key not in measured:
+            measured[key] = _interpolation(model, run, entry, out / "images" / f"{slug}_interpolation.png")
+        row["interpolation"] = measured[key]
+    if model.can(Capability.PROMPT):
+        row["prompts"] = model.prompt_metrics(per_prompt=config.prompt_samples, seed=config.seed,
+                                              options=entry.options)
+    return row
+
+
+def run_eval(config: EvalConfig, out_dir: str | Path | None = None) -> Path:
+    """Run ``config``; returns the path of the written report.md.
+
+    Samples go to ``out/samples`` in shards and each finished model's row to ``out/cache``, so the
+    same command after a crash or Ctrl-C picks up where the run stopped.
+    """
+    import torch
+
     from genlab.models import Capability
     from genlab.registry import get_dataset_spec, get_feature_extractor, get_model, get_models
     from genlab.training import code_version
 
-    get_feature_extractor(config.feature_extractor)  # fail on a typo before any folder or sample is made
+    for extractor in (config.feature_extractor, *config.extra_feature_extractors):
+        get_feature_extractor(extractor)  # fail on a typo before any folder or sample is made
     get_dataset_spec(config.dataset)
     entries = config.models or [ModelEntry(id=m) for m in get_models(Capability.SAMPLE)]
     if not entries:
@@ -185,74 +499,33 @@ def run_eval(config: EvalConfig, out_dir: str | Path | None = None) -> Path:
     for entry in entries:
         models[entry.name].parse_options(entry.options)
 
-    name = config.name or f"{config.dataset}-{datetime.now().strftime('%Y%m%d-%H%M%S')}"
-    out = Path(out_dir) if out_dir else EVALS_DIR / "runs" / name
+    name = config.name or run_name(config)
+    out = Path(out_dir) if out_dir else default_run_dir(config)
     try:
         (out / "images").mkdir(parents=True, exist_ok=True)
     except OSError as exc:
         raise GenlabError(f"cannot create report folder {out}: {exc.strerror}") from None
 
-    train = load_dataset(config.dataset, "train", seed=config.seed)
-    heldout = load_dataset(config.dataset, "heldout", seed=config.seed)
-    n = config.num_samples
-    order = torch.randperm(len(train), generator=torch.Generator().manual_seed(config.seed))
-    reference = train.images[order[:n]]
-
-    # the real-data floor: held-out real digits against the same reference, same extractor
-    floor = fidelity_metrics(heldout.images[:n], reference, config.feature_extractor, seed=config.seed)
-    floor["num_images"] = min(n, len(heldout))
-
+    run = _Run(config, out)
+    settings = config.model_dump(exclude={"name", "models"})
+    floor = run.cached("floor", settings, lambda: _floor(run))
     rows, measured = [], {}
     for entry in entries:
         model = models[entry.name]
-        row = {
-            "model": entry.name, "id": entry.id, "family": model.family,
-            "options": model.parse_options(entry.options).model_dump(),
-            "capabilities": sorted(c.value for c in model.capabilities),
-            "parameters": model.parameter_count(),
-            "training": {k: model.metadata().get(k) for k in ("steps", "wall_seconds", "cpu_seconds", "dataset")},
-        }
-        if model.can(Capability.SAMPLE):
-            images, seconds, nfe = _sample_all(model, entry, n, config.seed, config.batch_size)
-            row.update({
-                "nfe": nfe, "images_per_second": n / seconds if seconds > 0 else None,
-                "latency_ms": 1000 * _latency(model, entry, config.seed),
-                **fidelity_metrics(images, reference, config.feature_extractor, seed=config.seed),
-            })
-            grid_path = out / "images" / f"{re.sub(r'[^0-9A-Za-z_.-]', '_', entry.name)}.png"
-            grid(images[:64].float() / 255, nrow=8, scale=2).save(grid_path)
-            row["sample_grid"] = str(grid_path.relative_to(out))
-        # likelihood and reconstruction don't depend on sampling options: once per set of weights
-        weights_key = (entry.id, entry.weights)
-        if model.can(Capability.LIKELIHOOD):
-            key = (*weights_key, json.dumps(entry.likelihood, sort_keys=True))
-            if key not in measured:
-                subset = heldout.images[: config.likelihood_images]
-                try:
-                    measured[key] = model.bits_per_dim(subset, seed=config.seed, **entry.likelihood)
-                except GenlabError as exc:
-                    measured[key] = {"unavailable": str(exc)}
-            row["likelihood"] = measured[key]
-        if model.can(Capability.RECONSTRUCT):
-            key = (*weights_key, "reconstruction")
-            if key not in measured:
-                x = to_unit(heldout.images[: config.likelihood_images])
-                with torch.inference_mode():
-                    measured[key] = reconstruction_metrics(x, model.reconstruct(x))
-            row["reconstruction"] = measured[key]
-        if model.can(Capability.PROMPT):
-            row["prompts"] = model.prompt_metrics(per_prompt=config.prompt_samples, seed=config.seed,
-                                                  options=entry.options)
-        rows.append(row)
+        key = [settings, entry.model_dump(), str(model.weights), weights_fingerprint(model)]
+        rows.append(run.cached(f"row-{_slug(entry.name)}", key, lambda: _measure_model(model, entry, run, measured)))
 
     result = {
         "name": name,
         "dataset": config.dataset,
-        "num_samples": n,
-        "reference": f"{n} training images of {config.dataset} (seeded split, seed {config.seed})",
+        "num_samples": config.num_samples,
+        "seeds": run.seeds,
+        "reference": f"{config.num_samples} training images of {config.dataset} drawn with each seed",
         "feature_extractor": config.feature_extractor,
+        "extractors": run.extractors,
         "seed": config.seed,
         "config": config.model_dump(),
+        "config_hash": digest(config.model_dump()),
         "code_version": code_version(),
         "machine": {"platform": platform.platform(), "processor": platform.processor() or platform.machine(),
                     "torch": torch.__version__, "threads": torch.get_num_threads(),
@@ -262,5 +535,8 @@ def run_eval(config: EvalConfig, out_dir: str | Path | None = None) -> Path:
         "models": rows,
         "best_by_family": best_by_family(rows),
     }
-    (out / "metrics.json").write_text(json.dumps(result, indent=2))
+    from .claims import seed_claims
+
+    result["claims"] = seed_claims(result)
+    _write_atomic(out / "metrics.json", json.dumps(result, indent=2))
     return write_report(result, out)

@@ -143,20 +143,31 @@ def sample(model_id, weights, count, seed, option_pairs, output, scale):
 @click.option("--dataset", default="mnist-5k", show_default=True)
 @click.option("--num-samples", "-n", type=click.IntRange(2, 100_000), default=1000, show_default=True)
 @click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--repeats", type=click.IntRange(1, 20), default=1, show_default=True,
+              help="Sample sets per model (seeds seed, seed+1, ...); quality is reported as mean ± std.")
 @click.option("--feature-extractor", default="mnist-classifier", show_default=True)
 @click.option("--out", type=click.Path(file_okay=False), help="Report folder (default evals/runs/<name>).")
-def eval_cmd(suite, models, dataset, num_samples, seed, feature_extractor, out):
-    """Sample every model on equal terms and write report.md and metrics.json."""
-    from evals.runner import EvalConfig, load_suite, run_eval
+def eval_cmd(suite, models, dataset, num_samples, seed, repeats, feature_extractor, out):
+    """Sample every model on equal terms and write report.md and metrics.json.
+
+    Samples are saved in shards as they are made: after a crash or Ctrl-C, the same command
+    resumes where the run stopped."""
+    from evals.runner import EvalConfig, default_run_dir, load_suite, run_eval
 
     if suite:
         config = load_suite(suite)
     else:
         config = EvalConfig(
             models=[m.strip() for m in models.split(",") if m.strip()] if models else None,
-            dataset=dataset, num_samples=num_samples, seed=seed, feature_extractor=feature_extractor,
+            dataset=dataset, num_samples=num_samples, seed=seed, repeats=repeats,
+            feature_extractor=feature_extractor,
         )
-    report = run_eval(config, out_dir=out)
+    folder = out or default_run_dir(config)
+    try:
+        report = run_eval(config, out_dir=folder)
+    except KeyboardInterrupt:
+        raise KeyboardInterrupt(f"eval interrupted; finished shards are kept in {folder}: "
+                                "run the same command again to resume") from None
     click.echo(f"report: {report}")
 
 

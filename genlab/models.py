@@ -65,6 +65,7 @@ class Model:
     family: ClassVar[str]
     description: ClassVar[str] = ""
     capabilities: ClassVar[frozenset[Capability]] = frozenset()
+    training_objective: ClassVar[str] = ""  # in words, for reports: what the training loss is
     Options: ClassVar[type[Options]] = Options
     # A local folder (shipped with the plugin) or a Hub repo id; None means "train me first".
     default_weights: ClassVar[str | Path | None] = None
@@ -128,6 +129,19 @@ class Model:
         path = Path(self.weights) / "metadata.json"
         return json.loads(path.read_text()) if path.is_file() else {}
 
+    def training_log(self) -> list[dict]:
+        """The loss curve logged while training these weights (``training_log.jsonl``), if shipped."""
+        if self.weights is None:
+            return []
+        path = Path(self.weights) / "training_log.jsonl"
+        if not path.is_file():
+            return []
+        return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+    def latent_shape(self) -> tuple | None:
+        """Shape of one sample's latent (what generation starts from), or None if the model has none."""
+        return None
+
     def parameter_count(self) -> int:
         return sum(p.numel() for p in self.network.parameters())
 
@@ -175,6 +189,12 @@ class Model:
     def encode(self, images):
         """Latent of float images [N, C, H, W] in [0, 1]."""
         self.require(Capability.ENCODE)
+        raise NotImplementedError
+
+    def posterior(self, images):
+        """(mean, log-variance) of q(z|x) for float images in [0, 1], for models whose encoder is a
+        distribution; log-variance is None for a deterministic one. Used for active units and
+        per-dimension KL; models without such an encoder leave this unimplemented."""
         raise NotImplementedError
 
     def decode(self, latents):

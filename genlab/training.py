@@ -298,6 +298,8 @@ def train(config: TrainConfig, run_dir: str | Path, *, progress: bool = True, ma
                 "finished_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
             }
             (tmp / "metadata.json").write_text(json.dumps(metadata, indent=2))
+            if log_path.is_file():  # the loss curve travels with the weights (training stability in reports)
+                shutil.copyfile(log_path, tmp / "training_log.jsonl")
     accelerator.wait_for_everyone()
     if stop_reason == "interrupted":
         raise KeyboardInterrupt(f"training interrupted at step {step}; run the same command again to resume")

@@ -39,7 +39,15 @@ def test_eval_end_to_end_on_digits(tmp_path, tiny_vae_dir, with_example_plugin):
     assert "| vae | vae |" in text and "| uniform-noise | baseline |" in text
     html = (tmp_path / "run" / "report.html").read_text()
     assert "<table>" in html and 'src="images/' not in html  # self-contained: every image inlined
-    assert html.count("data:image/png;base64,") == 3  # two sample grids and the quality/speed chart
+    # two sample grids, the quality/speed chart, the VAE's interpolation strip, KL chart and closest pairs
+    assert html.count("data:image/png;base64,") == 6
+    # the report's other sections, measured on the VAE
+    assert vae["memorization"]["heldout_median"] > 0 and 0 <= vae["memorization"]["copies"] <= 1
+    assert vae["interpolation"]["pairs"] == 8 and vae["interpolation"]["path_over_direct"] >= 1
+    assert vae["latents"]["latent_dim"] == 4 and len(vae["latents"]["kl_per_dim"]) == 4
+    assert noise["memorization"]["unavailable"].startswith("samples are (1, 28, 28)")
+    assert [c["aspect"] for c in metrics["claims"]][:3] == ["Latent dimension", "Generation", "Sample quality"]
+    assert "## The seed texts' comparison, measured" in text and "## Memorization" in text
     assert "mnist-classifier" in text and "60 samples per model" in text
 
 
@@ -121,3 +129,48 @@ def test_standard_inception_features_load_offline_from_the_wheel():
     with torch.no_grad():
         (features,) = extractor(images)
     assert features.shape == (8, 2048) and features.min() >= 0  # pool features after ReLU
+
+
+def test_an_interrupted_eval_resumes_without_redoing_shards_and_matches_an_uninterrupted_one(
+        tmp_path, tiny_vae_dir, fake_entry_points, monkeypatch):
+    import genlab_vae
+
+    fake_entry_points({"vae": "genlab_vae"})
+    config = EvalConfig(dataset="digits", num_samples=60, batch_size=20, repeats=2, likelihood_images=20,
+                        interpolation_pairs=2, models=[{"id": "vae", "weights": str(tiny_vae_dir), "likelihood": {"k": 4}}])
+    batches = []  # (seed, count) of every batch the VAE is asked for, latency calls (count 1) aside
+    real_sample = genlab_vae.VAE.sample
+
+    def counting_sample(self, count, *, seed=0, options=None):
+        if count > 1:
+            batches.append(seed)
+            if interrupt_after is not None and len(batches) > interrupt_after:
+                raise KeyboardInterrupt  # as Ctrl-C would, halfway through the second seed
+        return real_sample(self, count, seed=seed, options=options)
+
+    monkeypatch.setattr(genlab_vae.VAE, "sample", counting_sample)
+    interrupt_after = None
+    run_eval(config, out_dir=tmp_path / "whole")
+    assert len(batches) == 6  # 3 shards x 2 seeds
+    whole = json.loads((tmp_path / "whole" / "metrics.json").read_text())
+
+    batches.clear()
+    interrupt_after = 4
+    with pytest.raises(KeyboardInterrupt):
+        run_eval(config, out_dir=tmp_path / "resumed")
+    assert len(list((tmp_path / "resumed" / "samples").rglob("shard-*.safetensors"))) == 4
+    batches.clear()
+    interrupt_after = None
+    run_eval(config, out_dir=tmp_path / "resumed")
+    assert len(batches) == 2  # only the two missing shards were sampled again
+    resumed = json.loads((tmp_path / "resumed" / "metrics.json").read_text())
+    for key in ("fid", "kid", "precision", "recall", "inception_score"):
+        assert resumed["models"][0][key] == pytest.approx(whole["models"][0][key], rel=1e-9), key
+        assert resumed["models"][0]["spread"][key] == pytest.approx(whole["models"][0]["spread"][key], rel=1e-9)
+    assert resumed["real_data_floor"]["fid"] == whole["real_data_floor"]["fid"]
+    assert len(whole["models"][0]["runs"]) == 2 and whole["seeds"] == [0, 1]
+    assert whole["models"][0]["spread"]["fid"] > 0  # two seeds, two different FIDs
+
+    batches.clear()
+    run_eval(config, out_dir=tmp_path / "resumed")  # a finished run is read back, not redone
+    assert batches == []

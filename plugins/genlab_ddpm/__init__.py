@@ -29,6 +29,7 @@ SAMPLERS = ("ddpm", "ddim", "dpm-solver++")
 class DDPM(Model):
     model_id = "ddpm"
     family = "diffusion"
+    training_objective = "simple MSE between the added noise and the predicted noise (or v), t uniform"
     description = (
         "Pixel-space denoising diffusion (DDPM): a UNet learns to predict the noise added by a fixed "
         "forward process; sampling runs the reverse process from pure noise in many small steps."
@@ -206,6 +207,10 @@ class DDPM(Model):
         _, eps = self._x0_and_eps(out, probe, self._alpha_bar()[t].expand(len(x)), net.config.prediction_type)
         x0_hat = (x - (1 - from_bar).sqrt() * eps) / from_bar.sqrt()
         return to_bar.sqrt() * x0_hat + (1 - to_bar).sqrt() * eps
+
+    def latent_shape(self):
+        c = self.network.config  # x_T has the image's shape: diffusion does not compress
+        return (c.in_channels, c.sample_size, c.sample_size)
 
     def encode(self, images, steps: int = 50, refine: int = 2):
         """Deterministic DDIM inversion: images in [0, 1] to the noise x_T that DDIM decodes back to them.

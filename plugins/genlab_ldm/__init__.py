@@ -25,6 +25,7 @@ WEIGHTS = Path(__file__).parent / "weights"
 class LDMAutoencoder(Model):
     model_id = "ldm-autoencoder"
     family = "autoencoder"
+    training_objective = "L1 reconstruction plus a 1e-6-weighted KL (or a VQ commitment loss)"
     description = (
         "The latent diffusion model's first stage: a KL- (or VQ-) regularized autoencoder that turns a "
         "28x28 digit into a 4x8x8 latent and back, trained for reconstruction with a tiny KL weight."
@@ -51,6 +52,20 @@ class LDMAutoencoder(Model):
         with torch.inference_mode():
             return self.network.posterior(images.float())[0]
 
+    def latent_shape(self):
+        network = self.network
+        side = network.config.padded_size // 2 ** (len(network.config.block_out_channels) - 1)
+        return (network.config.latent_channels, side, side)
+
+    def posterior(self, images):
+        import torch
+
+        with torch.inference_mode():
+            mean, std = self.network.posterior(images.float())
+        if self.network.config.regularizer != "kl":
+            return mean, None
+        return mean, 2 * std.clamp_min(1e-12).log()
+
     def decode(self, latents):
         import torch
 
@@ -70,6 +85,7 @@ class LDMAutoencoder(Model):
 class LDM(Model):
     model_id = "ldm"
     family = "latent-diffusion"
+    training_objective = "simple MSE on the noise added to first-stage latents z ~ q(z|x), prompts dropped 10%"
     description = (
         "Latent diffusion with text conditioning: the first-stage autoencoder compresses a digit to a "
         "4x8x8 latent, a UNet denoises latents guided by the prompt through cross-attention, the "
@@ -235,6 +251,10 @@ class LDM(Model):
             self.network.tokenizer(prompt, truncation=True, max_length=self.network.config.max_prompt_tokens)["input_ids"])
         maps = recorder.token_maps(len(tokens), size=images.shape[-1])
         return {"image": images[0], "tokens": tokens, "maps": maps, "nfe": nfe, "notes": notes}
+
+    def latent_shape(self):
+        c = self.network.config
+        return (c.latent_channels, c.latent_size, c.latent_size)
 
     def decode(self, latents):
         import torch

@@ -22,6 +22,7 @@ WEIGHTS = Path(__file__).parent / "weights" / "vae-mnist-5k"
 class VAE(Model):
     model_id = "vae"
     family = "vae"
+    training_objective = "ELBO: Bernoulli reconstruction log-likelihood minus KL(q(z|x) || N(0, I))"
     description = (
         "Classic variational autoencoder: conv encoder/decoder, 16-d Gaussian latent, trained on the "
         "ELBO with the reparameterization trick; samples in a single decoder pass."
@@ -84,6 +85,12 @@ class VAE(Model):
 
         with torch.inference_mode():
             return self.network.encode(images.float())
+
+    def latent_shape(self):
+        return (self.network.config.latent_dim,)
+
+    def posterior(self, images):
+        return self.encode(images)
 
     def decode(self, z):
         import torch
