@@ -391,6 +391,7 @@ def _measure_model(model, entry: ModelEntry, run: _Run, measured: dict) -> dict:
     from genlab.images import grid
     from genlab.metrics import reconstruction_metrics
     from genlab.models import Capability
+    from genlab.training import code_version
 
     from .measures import loss_stability, memorization
 
@@ -401,6 +402,7 @@ def _measure_model(model, entry: ModelEntry, run: _Run, measured: dict) -> dict:
         "model": entry.name, "id": entry.id, "family": model.family, "options": options,
         "capabilities": sorted(c.value for c in model.capabilities),
         "parameters": model.parameter_count(),
+        "code_version": code_version(),
         "training": {k: model.metadata().get(k) for k in ("steps", "wall_seconds", "cpu_seconds", "dataset")},
         "stability": loss_stability(model.training_log()),
         "objective": getattr(model, "training_objective", None),
@@ -483,7 +485,12 @@ def run_eval(config: EvalConfig, out_dir: str | Path | None = None) -> Path:
     import torch
 
     from genlab.models import Capability
-    from genlab.registry import get_dataset_spec, get_feature_extractor, get_model, get_models
+    from genlab.registry import (
+        get_dataset_spec,
+        get_feature_extractor,
+        get_model,
+        get_models,
+    )
     from genlab.training import code_version
 
     for extractor in (config.feature_extractor, *config.extra_feature_extractors):
@@ -513,7 +520,8 @@ def run_eval(config: EvalConfig, out_dir: str | Path | None = None) -> Path:
     for entry in entries:
         model = models[entry.name]
         key = [settings, entry.model_dump(), str(model.weights), weights_fingerprint(model)]
-        rows.append(run.cached(f"row-{_slug(entry.name)}", key, lambda: _measure_model(model, entry, run, measured)))
+        rows.append(run.cached(f"row-{_slug(entry.name)}", key,
+                               lambda m=model, e=entry: _measure_model(m, e, run, measured)))
 
     result = {
         "name": name,

@@ -14,16 +14,17 @@ import typing
 
 os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")  # no phoning home from a lab tool
 
-import gradio as gr  # noqa: E402
+import gradio as gr
 
-from .errors import GenlabError  # noqa: E402
-from .models import Capability  # noqa: E402
+from .errors import GenlabError
+from .metrics import stroke_localization
+from .models import Capability
 
 CONCURRENCY_LIMIT = 2  # two cores: more parallel model calls only slow each other down
 MAX_COUNT = 64
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _model(model_id: str):
     from .registry import get_model
 
@@ -247,15 +248,15 @@ def prompt_attention(model_id: str, prompt, guidance, steps, seed):
         raise gr.Error(str(exc), print_exception=False) from None
     image = out["image"][0].cpu().numpy()
     maps = out["maps"].cpu().numpy()
-    ink = image > 0.5
     items = []
     for token, heat in zip(out["tokens"], maps):
         share = float(heat.mean())  # the token's average share of attention over the image
-        # how much more this token is attended on the strokes than on the background
-        contrast = float(heat[ink].mean() / max(heat[~ink].mean(), 1e-8)) if ink.any() and (~ink).any() else 1.0
+        # does the map pick out the strokes? AUC 0.5: no; 1: every stroke pixel above the background
+        where = stroke_localization(heat, image)
         spread = float(heat.max() - heat.min())
         scaled = (heat - heat.min()) / max(spread, 1e-8)  # stretched to show where, not how much
-        items.append((_overlay(image, scaled), f"{token}: {share:.0%} of attention, {contrast:.2f}x on strokes"))
+        items.append((_overlay(image, scaled), f"{token}: {share:.0%} of attention, stroke AUC {where['auc']:.2f}, "
+                                               f"{where['contrast']:.2f}x on strokes"))
     notes = "".join(f"\n- {n}" for n in out["notes"])
     caption = f"{out['nfe']} network evaluations, {seconds:.2f} s{notes}"
     return _show(out["image"]), items, caption
@@ -486,7 +487,10 @@ def _prompt_tab(models: dict):
     gr.Markdown(
         "Type a prompt (a digit, optionally *thick*/*thin* and *upright*/*slanted*). The UNet reads it "
         "through cross-attention; each heatmap shows where one token's attention fell on the image, "
-        "averaged over heads, layers and denoising steps (at every pixel the tokens' shares sum to 1). "
+        "averaged over heads, layers and denoising steps (at every pixel the tokens' shares sum to 1), "
+        "stretched to its own range. Stroke AUC is how often a stroke pixel gets more of the token's "
+        "attention than a background pixel (0.5: no preference). The start token [CLS] is where "
+        "positions the prompt says nothing about put their attention. "
         "Guidance > 1 pushes the sample toward the prompt (classifier-free guidance)."
     )
     with gr.Row():

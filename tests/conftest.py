@@ -94,7 +94,8 @@ def tiny_ldm_dir(tmp_path_factory, tiny_first_stage_dir):
     from genlab.training import TrainConfig, train
 
     network = {"first_stage_weights": str(tiny_first_stage_dir), "calibration_dataset": "digits",
-               "block_out_channels": [16, 32], "text_hidden": 32, "num_train_timesteps": 50}
+               "block_out_channels": [16, 32], "text_hidden": 32, "num_train_timesteps": 50,
+               "start_token": True, "causal_text": True}  # as the bundled LDM
     config = TrainConfig(model="ldm", dataset="digits", steps=5, batch_size=16, seed=0, checkpoint_every=5,
                          network=network)
     return train(config, tmp_path_factory.mktemp("tiny-ldm"), progress=False)

@@ -110,6 +110,8 @@ def test_latent_diffusion_rows_report_prompt_accuracy_and_first_stage(tmp_path, 
     prompts = ldm["prompts"]
     assert 0 <= prompts["prompt_accuracy"] <= 1 and prompts["samples"] == 10 * 2 + 40 * 2
     assert set(prompts["attribute_accuracy"]) == {"thickness", "slant"}
+    attention = prompts["attention"]  # the digit token's map against the strokes, one map per prompt
+    assert attention["maps"] == 20 and 0 <= attention["digit_token_auc"] <= 1
     assert ldm["nfe"] == 4 and ldm["fid"] > 0
     # the first stage cannot sample: it is measured on what it can do
     assert "fid" not in autoencoder and autoencoder["reconstruction"]["ssim"] <= 1
@@ -120,9 +122,8 @@ def test_latent_diffusion_rows_report_prompt_accuracy_and_first_stage(tmp_path, 
 def test_standard_inception_features_load_offline_from_the_wheel():
     import torch
 
-    from genlab.registry import get_feature_extractor
-
     from genlab.datasets import load_dataset
+    from genlab.registry import get_feature_extractor
 
     extractor = get_feature_extractor("inception-v3-tf").load()("inception-v3-tf", ["2048"])
     images = load_dataset("mnist-5k", "heldout").images[:8]

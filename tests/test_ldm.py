@@ -4,13 +4,12 @@ latent scaling, the first stage, and prompts a user might type."""
 import numpy as np
 import pytest
 import torch
-
-from genlab import GenlabError
-from genlab.datasets import load_dataset, to_unit
+from conftest import TINY_FIRST_STAGE
 from genlab_ldm import LDM, LDMAutoencoder, captions
 from genlab_ldm.network import CONDITIONING, LatentDiffusion
 
-from conftest import TINY_FIRST_STAGE
+from genlab import GenlabError
+from genlab.datasets import load_dataset, to_unit
 
 
 def tiny_ldm(conditioning="crossattn", **kw):
@@ -65,6 +64,25 @@ def test_attention_maps_are_distributions_over_tokens_at_every_position():
     assert maps.shape == (4, 8, 8)
     assert maps.min() >= 0
     torch.testing.assert_close(maps.sum(0), torch.ones(8, 8), atol=1e-4, rtol=0)
+
+
+def test_start_token_and_causal_encoder_give_attention_a_content_free_sink():
+    model = tiny_ldm(start_token=True, causal_text=True)
+    out = model.attention_maps(seed=0, options={"prompt": "a thin slanted 3", "steps": 3})
+    assert out["tokens"] == ["[CLS]", "a", "thin", "slanted", "3"]
+    torch.testing.assert_close(out["maps"].sum(0), torch.ones(8, 8), atol=1e-4, rtol=0)
+    net = model.network
+    with torch.no_grad():
+        hidden, mask = net.encode_prompts(["a thick 7", "2", ""])
+    assert mask[:, 0].all()  # every prompt, even the empty one, starts with [CLS]
+    # causal: the start token sees only itself, so it says nothing about the prompt
+    torch.testing.assert_close(hidden[0, 0], hidden[1, 0])
+    torch.testing.assert_close(hidden[0, 0], hidden[2, 0])
+    bidirectional = tiny_ldm(start_token=True).network
+    bidirectional.text_model.load_state_dict(net.text_model.state_dict())
+    with torch.no_grad():
+        mixed, _ = bidirectional.encode_prompts(["a thick 7", "2"])
+    assert not torch.allclose(mixed[0, 0], mixed[1, 0])
 
 
 def test_attention_maps_need_cross_attention():

@@ -285,14 +285,38 @@ class LDM(Model):
                                          options={**base, "prompt": prompt}).images
                     measured = captions.bands(captions.measure(images.numpy()), edges)[attribute]
                     attribute_hits[attribute] += (measured == band).tolist()
-        mean = lambda hits: sum(hits) / len(hits)  # noqa: E731
+        mean = lambda hits: sum(hits) / len(hits)
         return {
             "prompt_accuracy": mean(digit_hits),
             "attribute_accuracy": {k: mean(v) for k, v in attribute_hits.items()},
             "attribute_chance": 1 / 3,
             "samples": len(digit_hits) + sum(len(v) for v in attribute_hits.values()),
             "options": {k: v for k, v in base.items() if k != "prompt"},
+            "attention": self.attention_localization(seed=seed, options=base),
         }
+
+    def attention_localization(self, *, seed: int = 0, options=None) -> dict | None:
+        """Does the digit token's cross-attention fall on the strokes? Over prompts "D" and "a thick
+        <word>" for every digit: the mean stroke AUC and contrast of the digit token's map (see
+        ``genlab.metrics.stroke_localization``), and the same for the other tokens."""
+        from genlab.metrics import stroke_localization
+
+        from . import captions
+
+        if self.network.config.conditioning not in ("crossattn", "hybrid"):
+            return None
+        base = self.parse_options(options).model_dump()
+        digit, other = [], []
+        for d in range(10):
+            for prompt in (str(d), f"a thick {captions.DIGIT_WORDS[d]}"):
+                out = self.attention_maps(seed=seed + d, options={**base, "prompt": prompt})
+                image = out["image"][0].cpu().numpy()
+                for token, heat in zip(out["tokens"], out["maps"].cpu().numpy()):
+                    (digit if token in (str(d), captions.DIGIT_WORDS[d]) else other).append(
+                        stroke_localization(heat, image))
+        avg = lambda rows, key: sum(r[key] for r in rows) / len(rows)
+        return {"digit_token_auc": avg(digit, "auc"), "digit_token_contrast": avg(digit, "contrast"),
+                "other_tokens_auc": avg(other, "auc") if other else None, "maps": len(digit)}
 
 
 @genlab.hookimpl

@@ -17,7 +17,7 @@ from torch.nn import functional as F
 class RecordingAttnProcessor:
     """Plain scaled-dot-product attention that also records the (conditional) attention probabilities."""
 
-    def __init__(self, recorder: "AttentionRecorder"):
+    def __init__(self, recorder: AttentionRecorder):
         self.recorder = recorder
 
     def __call__(self, attn, hidden_states, encoder_hidden_states=None, attention_mask=None, temb=None, **kwargs):
@@ -47,7 +47,7 @@ class AttentionRecorder:
 
     def add(self, probs):
         heads_mean = probs[: self.batch].float().mean(1)  # [batch, queries, tokens]
-        side = int(math.isqrt(heads_mean.shape[1]))
+        side = math.isqrt(heads_mean.shape[1])
         grid = heads_mean.transpose(1, 2).reshape(self.batch, -1, side, side)
         self.maps.append(grid)
 

@@ -16,7 +16,14 @@ from __future__ import annotations
 import random
 
 import torch
-from diffusers import ConfigMixin, DDIMScheduler, DDPMScheduler, DPMSolverMultistepScheduler, ModelMixin, UNet2DConditionModel
+from diffusers import (
+    ConfigMixin,
+    DDIMScheduler,
+    DDPMScheduler,
+    DPMSolverMultistepScheduler,
+    ModelMixin,
+    UNet2DConditionModel,
+)
 from diffusers.configuration_utils import register_to_config
 from torch import nn
 
