@@ -148,9 +148,9 @@ def test_latent_tab_interpolates_with_each_familys_own_method(served, model_id):
 def test_prompt_tab_shows_a_heatmap_per_token(served):
     image, heatmaps, caption = served.predict("ldm", "a thick 7", 3.0, 4, 0, api_name="/prompt_attention")
     assert Image.open(image).size == (64, 64)
-    assert [h["caption"].split(":")[0] for h in heatmaps] == ["a", "thick", "7"]
+    assert [h["caption"].split(":")[0] for h in heatmaps] == ["[CLS]", "a", "thick", "7"]
     shares = [float(h["caption"].split(": ")[1].split("%")[0]) for h in heatmaps]
-    assert all("x on strokes" in h["caption"] for h in heatmaps)
+    assert all("stroke AUC" in h["caption"] and "x on strokes" in h["caption"] for h in heatmaps)
     assert sum(shares) == pytest.approx(100, abs=2)  # the tokens share all the attention
     assert "8 network evaluations" in caption
 
