@@ -133,6 +133,7 @@ def write_report(result: dict, out: Path) -> Path:
     env = Environment(loader=FileSystemLoader(TEMPLATES), undefined=StrictUndefined,
                       trim_blocks=True, lstrip_blocks=True)
     env.filters["fmt"] = fmt
+    env.filters["cell"] = lambda text: str(text).replace("|", "\\|")  # a pipe would end the table cell
     env.filters["pm"] = lambda spread: f" ± {fmt(spread, 2)}" if spread is not None else ""
     markdown = env.get_template("report.md.j2").render(r=result, charts=charts(result, out))
     path = out / "report.md"

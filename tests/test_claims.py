@@ -1,0 +1,70 @@
+"""The seed texts' claims table: verdicts follow the measured numbers, in both directions."""
+
+import copy
+
+from evals.claims import seed_claims
+
+
+def _row(model, family, **extra):
+    base = {"model": model, "family": family, "data_shape": [1, 28, 28], "nfe": 1, "latency_ms": 1.0,
+            "spread": {"fid": 1.0}, "sharpness": 0.05, "recall": 0.8, "objective": "a loss",
+            "class_balance": {"digits_covered": 10, "normalized_entropy": 0.99},
+            "training": {"steps": 100, "cpu_seconds": 100.0}}
+    return base | extra
+
+
+RESULT = {
+    "real_data_floor": {"fid": 20.0, "sharpness": 0.06},
+    "models": [
+        _row("vae", "vae", latent_shape=[16], fid=200.0, images_per_second=10_000.0, sharpness=0.02, recall=0.6,
+             latents={"latent_dim": 16, "active_units": 12, "kl_total": 20.0},
+             interpolation={"ppl": 50.0, "path_over_direct": 1.1, "largest_step": 0.1}, reconstruction={"psnr": 20.0}),
+        _row("ddpm", "diffusion", latent_shape=[1, 28, 28], fid=40.0, nfe=20, images_per_second=30.0,
+             training={"steps": 10_000, "cpu_seconds": 4000.0},
+             interpolation={"ppl": 90.0, "path_over_direct": 1.5, "largest_step": 0.3}),
+        _row("ldm", "latent-diffusion", latent_shape=[4, 8, 8], fid=30.0, nfe=20, images_per_second=60.0),
+    ],
+}
+
+
+def _verdicts(result):
+    return {c["aspect"]: c["verdict"] for c in seed_claims(result)}
+
+
+def test_every_claim_gets_a_verdict_from_the_numbers():
+    verdicts = _verdicts(RESULT)
+    assert verdicts == {
+        "Latent dimension": "held", "Generation": "held", "Sample quality": "held",
+        "Training": "held (by construction)", "Interpolation": "held", "Posterior collapse": "held",
+        "Sampling speed": "held", "Training cost": "held",
+        "Training stability / mode collapse": "partly held (diffusion diverse; VAE did not collapse)",
+        "Latent diffusion": "held",
+    }
+    rows = {c["aspect"]: c for c in seed_claims(RESULT)}
+    assert "4 of 16" not in rows["Posterior collapse"]["measured"]["vae"]
+    assert rows["Posterior collapse"]["measured"]["vae"].startswith("12 of 16 units active")
+    assert "784 (data: 784)" in rows["Latent dimension"]["measured"]["diffusion"]
+
+
+def test_verdicts_flip_when_the_numbers_do():
+    flipped = copy.deepcopy(RESULT)
+    vae, ddpm, ldm = flipped["models"]
+    vae["images_per_second"] = 10.0  # slower than diffusion
+    vae["latents"]["active_units"] = 16  # no collapsed unit
+    ddpm["fid"] = 250.0  # worse than the VAE
+    ddpm["training"]["cpu_seconds"] = 50.0  # cheaper than the VAE
+    ldm["fid"], ldm["images_per_second"] = 400.0, 1.0
+    verdicts = _verdicts(flipped)
+    assert verdicts["Sampling speed"] == "did not hold"
+    assert verdicts["Posterior collapse"] == "not observed"
+    assert verdicts["Sample quality"] == "partly held"  # still blurrier, no longer worse
+    assert verdicts["Training cost"] == "did not hold"
+    assert verdicts["Latent diffusion"] == "did not hold"
+
+
+def test_a_suite_without_both_families_says_what_is_missing():
+    only_vae = {"real_data_floor": RESULT["real_data_floor"], "models": [RESULT["models"][0]]}
+    claims = {c["aspect"]: c for c in seed_claims(only_vae)}
+    assert claims["Sampling speed"]["verdict"] == "not measured"
+    assert "needs a diffusion and a vae model" in claims["Sampling speed"]["why"]
+    assert claims["Posterior collapse"]["verdict"] == "held"  # needs the VAE only
