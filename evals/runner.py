@@ -483,6 +483,7 @@ def run_eval(config: EvalConfig, out_dir: str | Path | None = None) -> Path:
     same command after a crash or Ctrl-C picks up where the run stopped.
     """
     import torch
+    from tqdm.auto import tqdm
 
     from genlab.models import Capability
     from genlab.registry import (
@@ -515,9 +516,9 @@ def run_eval(config: EvalConfig, out_dir: str | Path | None = None) -> Path:
 
     run = _Run(config, out)
     settings = config.model_dump(exclude={"name", "models"})
-    floor = run.cached("floor", settings, lambda: _floor(run))
+    floor = run.cached("floor", settings, lambda: _floor(run))  # held-out digits: the best any model can do
     rows, measured = [], {}
-    for entry in entries:
+    for entry in tqdm(entries, desc=f"eval {name}", unit="model"):
         model = models[entry.name]
         key = [settings, entry.model_dump(), str(model.weights), weights_fingerprint(model)]
         rows.append(run.cached(f"row-{_slug(entry.name)}", key,

@@ -266,6 +266,8 @@ class LDM(Model):
         """Digit accuracy over prompts "0".."9", and attribute accuracy over "a thick/thin D" and
         "an upright/a slanted D": the attribute measured on the sample (with the bands the training
         captions used) must match the one asked for."""
+        from tqdm.auto import tqdm
+
         from genlab.features import classify
 
         from . import captions
@@ -273,7 +275,7 @@ class LDM(Model):
         base = self.parse_options(options).model_dump()
         edges = self.network.config.band_edges
         digit_hits, attribute_hits = [], {"thickness": [], "slant": []}
-        for digit in range(10):
+        for digit in tqdm(range(10), desc="prompt accuracy", unit="digit", leave=False):
             images = self.sample(per_prompt, seed=seed + digit, options={**base, "prompt": str(digit)}).images
             digit_hits += (classify(images) == digit).tolist()
             for attribute, words in (("thickness", captions.THICKNESS_WORDS), ("slant", captions.SLANT_WORDS)):
