@@ -80,9 +80,9 @@ def path_smoothness(frames_features) -> dict:
 
 def sharpness(images) -> float:
     """Mean squared horizontal and vertical pixel differences, images in [0, 1]: blur lowers it."""
-    x = images.float()
-    if x.max() > 1.5:
-        x = x / 255.0
+    import torch
+
+    x = images.float() / 255.0 if images.dtype == torch.uint8 else images.float()
     dx = (x[..., :, 1:] - x[..., :, :-1]) ** 2
     dy = (x[..., 1:, :] - x[..., :-1, :]) ** 2
     return float(dx.mean() + dy.mean())
@@ -120,6 +120,9 @@ def loss_stability(log: list[dict]) -> dict | None:
     if len(losses) < 8:
         return None
     finite = [v for v in losses if math.isfinite(v)]
+    if len(finite) < 8:  # a run that mostly diverged: only the NaNs can be counted
+        return {"logged": len(losses), "non_finite": len(losses) - len(finite), "spikes": None,
+                "relative_std": None, "late_over_mid": None}
     half = finite[len(finite) // 2 :]
     quarter = len(finite) // 4
     median = statistics.median(half)

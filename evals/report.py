@@ -95,7 +95,7 @@ def charts(result: dict, out: Path) -> dict:
         for r in kl_rows:
             if r["id"] in seen:
                 continue
-            seen.add(r["id"])
+            seen.add(r["id"])  # one curve per checkpoint: rows of one model differ only in sampling options
             kl = sorted(r["latents"]["kl_per_dim"], reverse=True)
             ax.plot(range(1, len(kl) + 1), kl, marker="o" if len(kl) <= 64 else None, markersize=3, label=r["model"])
         ax.set_xlabel("latent dimension (sorted by KL)")

@@ -48,6 +48,9 @@ class EvalConfig(BaseModel):
     dataset: str = "mnist-5k"
     num_samples: int = Field(1000, ge=2, le=100_000)
     seed: int = 0
+    # the train/held-out split the models were trained with (genlab train splits with its config's
+    # seed, 0 for every bundled model): held-out digits must be digits no model saw
+    split_seed: int = 0
     # independent sample sets (seeds seed, seed+1, ...), each against its own reference draw:
     # quality metrics are reported as mean and standard deviation over them
     repeats: int = Field(1, ge=1, le=20)
@@ -141,6 +144,9 @@ def fidelity_metrics(generated, reference, extractor: str, *, seed: int = 0, ref
 
 
 QUALITY = ("fid", "kid", "inception_score", "precision", "recall")
+# bump when what a cached floor or row holds changes: older cached results are then measured again
+# (sample shards are kept: they depend only on the model, its weights, options, N, batch and seed)
+CACHE_VERSION = 1
 
 
 def mean_and_spread(runs: list[dict]) -> dict:
@@ -231,6 +237,9 @@ def best_by_family(rows: list[dict]) -> dict:
     return best
 
 
+CHART_NAMES = ("fid_vs_nfe", "quality_vs_speed", "kl_per_dim")
+
+
 def _slug(name: str) -> str:
     return re.sub(r"[^0-9A-Za-z_.-]", "_", name)
 
@@ -262,8 +271,8 @@ class _Run:
         from genlab.datasets import load_dataset
 
         self.config, self.out = config, out
-        self.train = load_dataset(config.dataset, "train", seed=config.seed)
-        self.heldout = load_dataset(config.dataset, "heldout", seed=config.seed)
+        self.train = load_dataset(config.dataset, "train", seed=config.split_seed)
+        self.heldout = load_dataset(config.dataset, "heldout", seed=config.split_seed)
         self.seeds = [config.seed + r for r in range(config.repeats)]
         self.extractors = [config.feature_extractor, *[e for e in config.extra_feature_extractors
                                                        if e != config.feature_extractor]]
@@ -275,7 +284,7 @@ class _Run:
 
     def reference_cache(self, seed: int, extractor: str) -> Path:
         c = self.config
-        return self.out / "cache" / f"reference-{c.dataset}-{c.num_samples}-{seed}-{extractor}"
+        return self.out / "cache" / f"reference-{c.dataset}-split{c.split_seed}-{c.num_samples}-{seed}-{extractor}"
 
     def quality(self, images_by_seed: dict) -> dict:
         """Quality metrics per extractor, mean and spread over seeds."""
@@ -287,11 +296,14 @@ class _Run:
         return out
 
     def cached(self, kind: str, key, compute):
-        """``compute()``, or its result from an earlier (interrupted) run of the same thing."""
+        """``compute()``, or its result from an earlier (interrupted) run of the same thing, if that
+        was stored by code that writes results of the same shape (``CACHE_VERSION``)."""
         path = self.out / "cache" / f"{kind}-{digest(key)}.json"
         if path.is_file():
-            return json.loads(path.read_text())
-        value = compute()
+            value = json.loads(path.read_text())
+            if value.get("cache_version", 1) == CACHE_VERSION:
+                return value
+        value = compute() | {"cache_version": CACHE_VERSION}
         path.parent.mkdir(parents=True, exist_ok=True)
         _write_atomic(path, json.dumps(value))
         return value
@@ -504,6 +516,11 @@ def run_eval(config: EvalConfig, out_dir: str | Path | None = None) -> Path:
     models = {e.name: loaded.setdefault((e.id, e.weights), get_model(e.id, weights=e.weights)) for e in entries}
     if len(models) != len(entries):
         raise GenlabError("two models in the suite share a name: give each a distinct label")
+    slugs = [_slug(e.name) for e in entries]
+    clash = next((e.name for e, s in zip(entries, slugs) if slugs.count(s) > 1 or s in CHART_NAMES), None)
+    if clash is not None:
+        raise GenlabError(f"the label {clash!r} would share image files with another model or a chart: "
+                          "give it a distinct label")
     for entry in entries:
         models[entry.name].parse_options(entry.options)
 

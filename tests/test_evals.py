@@ -56,6 +56,9 @@ def test_suite_file_lists_models_with_options(tmp_path):
     suite.write_text('dataset = "digits"\nnum_samples = 10\nmodels = ["vae", {id = "vae", label = "hot", options = {temperature = 2.0}}]\n')
     config = load_suite(suite)
     assert [m.name for m in config.models] == ["vae", "hot"] and config.name == "suite"
+    suite.write_text('dataset = "digits"\nmodels = [{id = "vae", label = "a/b"}, {id = "vae", label = "a_b"}]\n')
+    with pytest.raises(GenlabError, match="would share image files"):
+        run_eval(load_suite(suite), out_dir=tmp_path / "run")
     suite.write_text("num_samples = 1\n")
     with pytest.raises(GenlabError, match="invalid num_samples"):
         load_suite(suite)

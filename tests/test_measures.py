@@ -136,6 +136,9 @@ def test_loss_stability_counts_spikes_and_nans():
     measured = loss_stability(spiky)
     assert measured["spikes"] == 1 and measured["non_finite"] == 1
     assert loss_stability(calm[:5]) is None
+    diverged = calm[:5] + [{"loss": float("nan")}] * 35  # the run it exists to catch must not crash it
+    assert loss_stability(diverged) == {"logged": 40, "non_finite": 35, "spikes": None,
+                                        "relative_std": None, "late_over_mid": None}
 
 
 def test_stroke_localization_is_the_roc_auc_of_the_map_as_a_stroke_detector():

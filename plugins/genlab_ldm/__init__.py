@@ -308,17 +308,23 @@ class LDM(Model):
         if self.network.config.conditioning not in ("crossattn", "hybrid"):
             return None
         base = self.parse_options(options).model_dump()
+        special = set(self.network.tokenizer.all_special_tokens)  # [CLS] is a sink, not a word
         digit, other = [], []
         for d in range(10):
             for prompt in (str(d), f"a thick {captions.DIGIT_WORDS[d]}"):
                 out = self.attention_maps(seed=seed + d, options={**base, "prompt": prompt})
                 image = out["image"][0].cpu().numpy()
                 for token, heat in zip(out["tokens"], out["maps"].cpu().numpy()):
+                    if token in special:
+                        continue
                     (digit if token in (str(d), captions.DIGIT_WORDS[d]) else other).append(
                         stroke_localization(heat, image))
-        avg = lambda rows, key: sum(r[key] for r in rows) / len(rows)
+
+        def avg(rows, key):
+            return sum(r[key] for r in rows) / len(rows) if rows else None
+
         return {"digit_token_auc": avg(digit, "auc"), "digit_token_contrast": avg(digit, "contrast"),
-                "other_tokens_auc": avg(other, "auc") if other else None, "maps": len(digit)}
+                "other_tokens_auc": avg(other, "auc"), "maps": len(digit)}
 
 
 @genlab.hookimpl

@@ -112,6 +112,7 @@ class LatentDiffusion(ModelMixin, ConfigMixin):
                 vocab_size=len(vocabulary or captions_mod.vocabulary()) + 3, hidden_size=text_hidden,
                 num_hidden_layers=text_layers, num_attention_heads=text_heads, intermediate_size=2 * text_hidden,
                 max_position_embeddings=max(16, max_prompt_tokens), pad_token_id=0, is_decoder=causal_text,
+                use_cache=False,
             ), add_pooling_layer=False) if uses_text else None
             width = text_hidden
         else:
