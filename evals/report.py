@@ -96,12 +96,12 @@ def charts(result: dict, out: Path) -> dict:
             if r["id"] in seen:
                 continue
             seen.add(r["id"])  # one curve per checkpoint: rows of one model differ only in sampling options
-            kl = sorted(r["latents"]["kl_per_dim"], reverse=True)
+            kl = sorted((max(k, 1e-4) for k in r["latents"]["kl_per_dim"]), reverse=True)  # log axis: 0 -> 1e-4
             ax.plot(range(1, len(kl) + 1), kl, marker="o" if len(kl) <= 64 else None, markersize=3, label=r["model"])
         ax.set_xlabel("latent dimension (sorted by KL)")
         ax.set_ylabel("KL(q(z_d|x) || N(0,1)) (nats)")
         ax.set_xscale("log")
-        ax.set_yscale("symlog", linthresh=0.01)
+        ax.set_yscale("log")
         ax.legend(fontsize=8)
         fig.tight_layout()
         fig.savefig(out / "images" / "kl_per_dim.png")
@@ -127,12 +127,27 @@ def to_html(markdown_text: str, folder: Path, title: str) -> str:
     return HTML_PAGE.format(title=title, body=body)
 
 
+def _unique_by(rows: list[dict], path: str) -> list[dict]:
+    """The first row for each value at ``path`` ("a.b"): per-checkpoint results appear once, not
+    once per sampling setting."""
+    seen, unique = set(), []
+    for row in rows:
+        value = row
+        for key in path.split("."):
+            value = value[key]
+        if value not in seen:
+            seen.add(value)
+            unique.append(row)
+    return unique
+
+
 def write_report(result: dict, out: Path) -> Path:
     """Write report.md and report.html into ``out``; returns the Markdown path."""
     out = Path(out)
     env = Environment(loader=FileSystemLoader(TEMPLATES), undefined=StrictUndefined,
                       trim_blocks=True, lstrip_blocks=True)
     env.filters["fmt"] = fmt
+    env.filters["unique_by"] = _unique_by
     env.filters["cell"] = lambda text: str(text).replace("|", "\\|")  # a pipe would end the table cell
     env.filters["pm"] = lambda spread: f" ± {fmt(spread, 2)}" if spread is not None else ""
     markdown = env.get_template("report.md.j2").render(r=result, charts=charts(result, out))
