@@ -271,6 +271,8 @@ class _Run:
         from genlab.datasets import load_dataset
 
         self.config, self.out = config, out
+        # what this call drew, and what an earlier call of the same run had left on disk
+        self.shards = {"made": 0, "reused": 0, "results": 0}
         self.train = load_dataset(config.dataset, "train", seed=config.split_seed)
         self.heldout = load_dataset(config.dataset, "heldout", seed=config.split_seed)
         self.seeds = [config.seed + r for r in range(config.repeats)]
@@ -302,6 +304,7 @@ class _Run:
         if path.is_file():
             value = json.loads(path.read_text())
             if value.get("cache_version", 1) == CACHE_VERSION:
+                self.shards["results"] += 1
                 return value
         value = compute() | {"cache_version": CACHE_VERSION}
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -426,7 +429,9 @@ def _measure_model(model, entry: ModelEntry, run: _Run, measured: dict) -> dict:
         images_by_seed, seconds, nfe = {}, 0.0, None
         for seed in run.seeds:
             folder = out / "samples" / f"{slug}-{digest([weights_key, options, config.num_samples, config.batch_size])}" / f"seed-{seed}"
-            images, sec, nfe, _ = sample_shards(model, entry, config.num_samples, seed, config.batch_size, folder)
+            images, sec, nfe, made = sample_shards(model, entry, config.num_samples, seed, config.batch_size, folder)
+            run.shards["made"] += made
+            run.shards["reused"] += -(-config.num_samples // config.batch_size) - made
             images_by_seed[seed] = images
             seconds += sec
         quality = run.quality(images_by_seed)
@@ -564,5 +569,8 @@ def run_eval(config: EvalConfig, out_dir: str | Path | None = None) -> Path:
     from .claims import seed_claims
 
     result["claims"] = seed_claims(result)
+    if run.shards["reused"] or run.shards["results"]:
+        tqdm.write(f"resumed: {run.shards['results']} finished results and {run.shards['reused']} sample "
+                   f"shards were read from {out}; {run.shards['made']} shards were drawn now")
     _write_atomic(out / "metrics.json", json.dumps(result, indent=2))
     return write_report(result, out)
