@@ -101,11 +101,24 @@ def seed_claims(result: dict) -> list[dict]:
         blurry = bool(real_sharp and v.get("sharpness") and d.get("sharpness")
                       and v["sharpness"] < d["sharpness"] and v["sharpness"] < 0.9 * real_sharp)
         verdict = "held" if better and blurry else "partly held" if better or blurry else "did not hold"
+        # other feature extractors may rank the two families differently: say so
+        others = [e for e in result.get("extractors", [])[1:]
+                  if (d.get("extractors") or {}).get(e, {}).get("fid") is not None
+                  and (v.get("extractors") or {}).get(e, {}).get("fid") is not None]
+        disagree = [e for e in others if (d["extractors"][e]["fid"] < v["extractors"][e]["fid"]) != better]
+        for e in others:
+            for family, row in ((DIFFUSION, d), (VAE, v), (LATENT, ld)):
+                fid = ((row or {}).get("extractors") or {}).get(e, {}).get("fid")
+                if family in measured and fid is not None:
+                    measured[family] += f"; FID {_num(fid)} on {e}"
+        if disagree and verdict == "held":
+            verdict = "partly held"
         why = (f"diffusion's FID is {'lower' if better else 'not clearly lower'} than the VAE's "
                f"(floor {_num(floor['fid'])}); VAE samples are {'blurrier' if blurry else 'not blurrier'} "
                "than real digits and diffusion samples (mean squared pixel differences). "
                "'State-of-the-art' is relative: these are small CPU-trained models"
-               + ("" if all(x is not None for x in spreads) else "; one seed only, so no spread to judge by"))
+               + ("" if all(x is not None for x in spreads) else "; one seed only, so no spread to judge by")
+               + (f"; {', '.join(disagree)} features rank the two the other way" if disagree else ""))
         rows.append(_claim(*aspect, measured, verdict, why))
     else:
         rows.append(_missing(*aspect, need))

@@ -68,3 +68,15 @@ def test_a_suite_without_both_families_says_what_is_missing():
     assert claims["Sampling speed"]["verdict"] == "not measured"
     assert "needs a diffusion and a vae model" in claims["Sampling speed"]["why"]
     assert claims["Posterior collapse"]["verdict"] == "held"  # needs the VAE only
+
+
+def test_a_feature_extractor_that_ranks_the_families_the_other_way_is_reported():
+    result = copy.deepcopy(RESULT)
+    result["extractors"] = ["mnist-classifier", "inception-v3-tf"]
+    vae, ddpm, _ = result["models"]
+    vae["extractors"] = {"inception-v3-tf": {"fid": 40.0}}
+    ddpm["extractors"] = {"inception-v3-tf": {"fid": 64.0}}
+    quality = next(c for c in seed_claims(result) if c["aspect"] == "Sample quality")
+    assert quality["verdict"] == "partly held"
+    assert "inception-v3-tf features rank the two the other way" in quality["why"]
+    assert "FID 64.000 on inception-v3-tf" in quality["measured"]["diffusion"]
