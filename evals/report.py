@@ -54,6 +54,13 @@ def charts(result: dict, out: Path) -> dict:
 
     rows = [r for r in result["models"] if r.get("fid") is not None and r.get("images_per_second")]
     made = {}
+
+    def save(fig, name: str) -> str:
+        fig.tight_layout()
+        fig.savefig(out / "images" / f"{name}.png")
+        plt.close(fig)
+        return f"images/{name}.png"
+
     series: dict = {}
     for r in rows:
         if r.get("nfe", 0) > 1:
@@ -70,10 +77,7 @@ def charts(result: dict, out: Path) -> dict:
         ax.set_ylabel(f"FID ({result['feature_extractor']})")
         ax.set_xscale("log")
         ax.legend(fontsize=8)
-        fig.tight_layout()
-        fig.savefig(out / "images" / "fid_vs_nfe.png")
-        plt.close(fig)
-        made["fid_vs_nfe"] = "images/fid_vs_nfe.png"
+        made["fid_vs_nfe"] = save(fig, "fid_vs_nfe")
     if rows:
         fig, ax = plt.subplots(figsize=(5.5, 3.6), dpi=110)
         for r in rows:
@@ -84,10 +88,7 @@ def charts(result: dict, out: Path) -> dict:
         ax.set_yscale("log")
         ax.set_xlabel("images per second (this machine)")
         ax.set_ylabel("FID (lower is better)")
-        fig.tight_layout()
-        fig.savefig(out / "images" / "quality_vs_speed.png")
-        plt.close(fig)
-        made["quality_vs_speed"] = "images/quality_vs_speed.png"
+        made["quality_vs_speed"] = save(fig, "quality_vs_speed")
     kl_rows = [r for r in result["models"] if (r.get("latents") or {}).get("kl_per_dim")]
     if kl_rows:
         fig, ax = plt.subplots(figsize=(5.5, 3.2), dpi=110)
@@ -103,10 +104,7 @@ def charts(result: dict, out: Path) -> dict:
         ax.set_xscale("log")
         ax.set_yscale("log")
         ax.legend(fontsize=8)
-        fig.tight_layout()
-        fig.savefig(out / "images" / "kl_per_dim.png")
-        plt.close(fig)
-        made["kl_per_dim"] = "images/kl_per_dim.png"
+        made["kl_per_dim"] = save(fig, "kl_per_dim")
     return made
 
 
