@@ -16,7 +16,7 @@ import time
 BEST = {
     "vae": {},
     "ddpm": {"sampler": "dpm-solver++", "steps": 20},
-    "ldm": {"prompt": "{digit}", "guidance": 1.0, "steps": 20},
+    "ldm": {"prompt": "{digit}", "guidance": 1.0, "sampler": "dpm-solver++", "steps": 10},
 }
 
 

@@ -542,7 +542,9 @@ def run_eval(config: EvalConfig, out_dir: str | Path | None = None) -> Path:
     rows, measured = [], {}
     for entry in tqdm(entries, desc=f"eval {name}", unit="model"):
         model = models[entry.name]
-        key = [settings, entry.model_dump(), str(model.weights), weights_fingerprint(model)]
+        # parsed options: a changed default is a changed setting
+        key = [settings, entry.model_dump(), model.parse_options(entry.options).model_dump(),
+               str(model.weights), weights_fingerprint(model)]
         rows.append(run.cached(f"row-{_slug(entry.name)}", key,
                                lambda m=model, e=entry: _measure_model(m, e, run, measured)))
 

@@ -98,7 +98,8 @@ class LDM(Model):
         prompt: str = Field("a thick seven", max_length=200, description=(
             "What to draw: a digit, optionally thick/thin and upright/slanted; {digit} cycles through 0-9"))
         guidance: float = Field(3.0, ge=0.0, le=20.0, description="Classifier-free guidance scale (1 = plain conditional)")
-        sampler: Literal["ddim", "dpm-solver++", "ddpm"] = Field("ddim", description="Scheduler for the latent reverse process")
+        sampler: Literal["dpm-solver++", "ddim", "ddpm"] = Field(
+            "dpm-solver++", description="Scheduler for the latent reverse process (DPM-Solver++ at 10 steps matches DDIM at 20)")
         steps: int = Field(20, ge=1, le=1000, description="Denoising steps; NFE is twice this with guidance")
 
     def __init__(self, weights=None):
