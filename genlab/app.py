@@ -307,11 +307,9 @@ def autoencoder_view(model_id: str, index):
 
 def report_folders() -> dict[str, str]:
     """Reports on disk, newest first: committed ones under evals/reports, runs under evals/runs."""
-    from pathlib import Path
+    from .evals import evals_dir
 
-    import evals
-
-    root = Path(evals.__file__).parent
+    root = evals_dir()
     found = [p.parent for sub in ("reports", "runs") for p in (root / sub).glob("*/report.html")]
     found.sort(key=lambda p: p.stat().st_mtime, reverse=True)
     return {f"{p.parent.name}/{p.name}": str(p) for p in found}

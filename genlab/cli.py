@@ -152,7 +152,7 @@ def eval_cmd(suite, models, dataset, num_samples, seed, repeats, feature_extract
 
     Samples are saved in shards as they are made: after a crash or Ctrl-C, the same command
     resumes where the run stopped."""
-    from evals.runner import EvalConfig, default_run_dir, load_suite, run_eval
+    from genlab.evals.runner import EvalConfig, default_run_dir, load_suite, run_eval
 
     if suite:
         config = load_suite(suite)

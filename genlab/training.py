@@ -46,6 +46,9 @@ class TrainConfig(BaseModel):
     checkpoint_every: int = Field(500, ge=1)
     log_every: int = Field(25, ge=1)
     max_minutes: float | None = Field(None, gt=0)
+    # keep the EMA weights every this many CPU minutes in snapshots/ (checkpoints are pruned, these
+    # are not): the eval runner turns them into a quality-against-training-compute curve
+    snapshot_every_cpu_minutes: float | None = Field(None, gt=0)
 
 
 def load_config(path: str | Path, **overrides) -> TrainConfig:
@@ -218,6 +221,17 @@ def train(config: TrainConfig, run_dir: str | Path, *, progress: bool = True, ma
         for old in sorted((run_dir / "checkpoints").glob("step-*"))[:-KEEP_CHECKPOINTS]:
             shutil.rmtree(old, ignore_errors=True)
 
+    snapshot_every = config.snapshot_every_cpu_minutes * 60 if config.snapshot_every_cpu_minutes else None
+    next_snapshot = None if snapshot_every is None else (cpu_seconds // snapshot_every + 1) * snapshot_every
+
+    def save_snapshot():
+        if not accelerator.is_main_process:
+            return
+        with _atomic_dir(run_dir / "snapshots" / f"step-{step:08d}") as tmp:
+            ema_network().save_pretrained(tmp)
+            (tmp / "snapshot.json").write_text(json.dumps(
+                {"step": step, "cpu_seconds": round(cpu_seconds, 1), "wall_seconds": round(elapsed, 1)}))
+
     def handle_sigterm(signum, frame):
         raise _StopRequested()
 
@@ -267,6 +281,9 @@ def train(config: TrainConfig, run_dir: str | Path, *, progress: bool = True, ma
                 if step % config.checkpoint_every == 0:
                     save_checkpoint()
                     last_saved = step
+                if next_snapshot is not None and cpu_seconds >= next_snapshot:
+                    save_snapshot()
+                    next_snapshot = (cpu_seconds // snapshot_every + 1) * snapshot_every
     except (KeyboardInterrupt, _StopRequested):
         stop_reason = "interrupted"
     finally:

@@ -2,7 +2,7 @@
 
 import copy
 
-from evals.claims import seed_claims
+from genlab.evals.claims import seed_claims
 
 
 def _row(model, family, **extra):

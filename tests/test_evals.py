@@ -4,7 +4,7 @@ import json
 
 import pytest
 
-from evals.runner import EvalConfig, load_suite, run_eval
+from genlab.evals.runner import EvalConfig, load_suite, run_eval
 from genlab import GenlabError
 
 
@@ -67,7 +67,7 @@ def test_suite_file_lists_models_with_options(tmp_path):
 def test_fid_of_a_set_with_itself_is_zero_and_grows_with_a_shift():
     import torch
 
-    from evals.runner import fidelity_metrics
+    from genlab.evals.runner import fidelity_metrics
     from genlab.datasets import load_dataset
 
     images = load_dataset("digits", "all").images[:200]

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from evals.measures import latent_usage, loss_stability, memorization, path_smoothness
+from genlab.evals.measures import latent_usage, loss_stability, memorization, path_smoothness
 
 
 def _sqrtm_psd(a):

@@ -86,3 +86,15 @@ def test_config_errors_are_one_sentence(tmp_path):
         load_config(path)
     with pytest.raises(GenlabError, match="no training config at"):
         load_config(tmp_path / "missing.toml")
+
+
+def test_snapshots_keep_the_ema_weights_along_training_compute(tmp_path):
+    final = train(config(steps=6, snapshot_every_cpu_minutes=1e-6), tmp_path / "run", progress=False)
+    snapshots = sorted((tmp_path / "run" / "snapshots").iterdir())
+    assert len(snapshots) == 6  # a tiny interval: one per step, none pruned like checkpoints
+    marks = [json.loads((s / "snapshot.json").read_text()) for s in snapshots]
+    assert [m["step"] for m in marks] == [1, 2, 3, 4, 5, 6]
+    assert all(a["cpu_seconds"] <= b["cpu_seconds"] for a, b in zip(marks, marks[1:]))
+    last = weights(snapshots[-1])  # the step-6 snapshot is the final EMA network
+    for key, value in weights(final).items():
+        torch.testing.assert_close(last[key], value, msg=key)

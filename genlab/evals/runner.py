@@ -20,9 +20,8 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from genlab.errors import GenlabError
 
+from . import evals_dir
 from .report import write_report
-
-EVALS_DIR = Path(__file__).parent
 
 
 class ModelEntry(BaseModel):
@@ -75,7 +74,7 @@ def load_suite(path: str | Path) -> EvalConfig:
 
     path = Path(path)
     if not path.is_file():
-        suites = sorted(p.name for p in EVALS_DIR.glob("*.toml"))
+        suites = sorted(p.name for p in evals_dir().glob("*.toml"))
         raise GenlabError(f"no eval suite at {path}; suites in evals/: {', '.join(suites) or 'none'}")
     try:
         data = tomllib.loads(path.read_text())
@@ -252,7 +251,7 @@ def run_name(config: EvalConfig) -> str:
 
 
 def default_run_dir(config: EvalConfig) -> Path:
-    return EVALS_DIR / "runs" / run_name(config)
+    return evals_dir() / "runs" / run_name(config)
 
 
 def weights_fingerprint(model) -> list:

@@ -1,1 +1,0 @@
-"""genlab's eval runner: suites in this folder, reports under runs/."""
