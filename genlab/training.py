@@ -4,28 +4,34 @@
 ``genlab train CONFIG`` runs it on this machine. The loop is seeded and resumable: the batch for
 step s is drawn from a generator seeded by (seed, s, process), so a run resumed from a checkpoint
 sees exactly the batches an uninterrupted run would have seen. Checkpoints are written atomically
-(safetensors for every tensor, JSON for the rest), and an interrupt or an exhausted
-``max_minutes`` budget saves one before the loop stops, so nothing is lost.
+(safetensors for every tensor, JSON for the rest; ``trainer_state.json`` last), and an interrupt or
+an exhausted ``max_minutes`` budget saves one before the loop stops, so nothing is lost: a second
+Ctrl-C waits for that save, a kill -9 mid-save leaves the previous checkpoint to resume from, and a
+lock keeps a second process off a run that is being trained.
 """
 
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import signal
 import subprocess
 import time
 import tomllib
-from contextlib import contextmanager
 from copy import deepcopy
 from datetime import datetime, timezone
 from pathlib import Path
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from .errors import GenlabError
+from .atomic import atomic_dir, complete_dirs, recover_dir, remove_leftovers, signals_deferred
+from .errors import GenlabError, describe
+from .models import MAX_SEED, settings_problem
 
 KEEP_CHECKPOINTS = 2
+CHECKPOINT_MARKER = "trainer_state.json"  # written last: a checkpoint folder without it is incomplete
+LOCK_FILE = "train.lock"
 
 
 class TrainConfig(BaseModel):
@@ -41,7 +47,7 @@ class TrainConfig(BaseModel):
     learning_rate: float = Field(1e-3, gt=0, le=1)
     weight_decay: float = Field(0.0, ge=0)
     ema_decay: float = Field(0.999, ge=0, lt=1)
-    seed: int = 0
+    seed: int = Field(0, ge=0, le=MAX_SEED)
     heldout_fraction: float = Field(0.1, gt=0, lt=1)
     checkpoint_every: int = Field(500, ge=1)
     log_every: int = Field(25, ge=1)
@@ -56,7 +62,11 @@ def load_config(path: str | Path, **overrides) -> TrainConfig:
     if not path.is_file():
         raise GenlabError(f"no training config at {path}: give a TOML file such as configs/vae-mnist-5k.toml")
     try:
-        data = tomllib.loads(path.read_text())
+        data = tomllib.loads(path.read_text(encoding="utf-8"))
+    except UnicodeDecodeError:
+        raise GenlabError(f"{path} is not a text file: give a TOML file such as configs/vae-mnist-5k.toml") from None
+    except OSError as exc:
+        raise GenlabError(f"cannot read {path}: {exc.strerror or exc}") from None
     except tomllib.TOMLDecodeError as exc:
         raise GenlabError(f"{path} is not valid TOML: {exc}") from None
     data.update({k: v for k, v in overrides.items() if v is not None})
@@ -74,6 +84,58 @@ def validate_config(data: dict, source: str = "config") -> TrainConfig:
                 f"{source}: unknown setting {name!r}; valid settings: {', '.join(TrainConfig.model_fields)}"
             ) from None
         raise GenlabError(f"{source}: invalid {name}={err.get('input')!r}: {err['msg']}") from None
+
+
+def build_network(model_class, config: TrainConfig, source: str = "config"):
+    """A fresh network from the config's ``[network]`` table, or one sentence naming the key that is
+    unknown, ill-typed or out of range and the valid keys."""
+    settings = config.network
+    if not model_class.has_network():
+        raise GenlabError(f"model {model_class.model_id} has no network to train")
+    functions = [model_class.create_network, model_class.network_class().__init__]
+    valid = ", ".join(_network_keys(functions)) or "none"
+    problem = settings_problem(functions, settings)
+    if problem:
+        raise GenlabError(f"{source}: [network] {problem}" + ("" if "valid settings" in problem else f"; valid settings: {valid}"))
+    try:
+        return model_class.create_network(**settings)
+    except GenlabError:
+        raise
+    except Exception as exc:
+        key = _culprit(model_class, settings, exc)
+        where = f"[network] {key} = {settings[key]!r}" if key else "[network]"
+        raise GenlabError(f"{source}: invalid {where} for model {model_class.model_id}: {describe(exc)}; "
+                          f"valid settings: {valid}") from None
+
+
+def _network_keys(functions) -> list[str]:
+    import inspect
+
+    keys: list[str] = []
+    for function in functions:
+        params = inspect.signature(function).parameters
+        keys += [n for n, p in params.items() if n not in ("self", "cls") and n not in keys
+                 and p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)]
+        if not any(p.kind is p.VAR_KEYWORD for p in params.values()):
+            break
+    return keys
+
+
+def _culprit(model_class, settings: dict, exc: Exception) -> str | None:
+    """The [network] key that made the constructor fail: the one its message names, else the one
+    whose removal (back to its default) lets the network build."""
+    import re
+
+    named = [k for k in settings if re.search(rf"\b{re.escape(k)}\b", str(exc))]
+    if len(named) == 1:
+        return named[0]
+    for key in settings:
+        try:
+            model_class.create_network(**{k: v for k, v in settings.items() if k != key})
+        except Exception:
+            continue
+        return key
+    return None
 
 
 def code_version() -> str:
@@ -124,78 +186,195 @@ def _load_optimizer(optimizer, path: Path) -> None:
 
 
 def latest_checkpoint(run_dir: Path) -> Path | None:
-    checkpoints = sorted((run_dir / "checkpoints").glob("step-*"))
-    return checkpoints[-1] if checkpoints else None
+    """The newest complete checkpoint of a run: a ``step-N`` folder (not a ``.tmp`` left by a write
+    that was cut short) whose ``trainer_state.json``, written last, is there and readable."""
+    for checkpoint in reversed(complete_dirs(Path(run_dir) / "checkpoints", "step-*", CHECKPOINT_MARKER)):
+        try:
+            state = json.loads((checkpoint / CHECKPOINT_MARKER).read_text())
+        except (OSError, ValueError):
+            continue
+        if isinstance(state, dict) and isinstance(state.get("step"), int):
+            return checkpoint
+    return None
 
 
-@contextmanager
-def _atomic_dir(final: Path):
-    """Write into a temporary folder and rename it into place, so a crash never leaves half a checkpoint."""
-    tmp = final.with_name(final.name + ".tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
-    yield tmp
-    if final.exists():
-        shutil.rmtree(final)
-    tmp.rename(final)
+class RunLock:
+    """An exclusive lock on a run folder while one process trains it (``train.lock`` holds its PID).
 
-
-class _StopRequested(Exception):
-    pass
-
-
-# ----- the loop --------------------------------------------------------------------------------
-def train(config: TrainConfig, run_dir: str | Path, *, progress: bool = True, max_steps: int | None = None) -> Path:
-    """Train (or resume) ``config`` into ``run_dir``; returns the folder of the final EMA weights.
-
-    ``max_steps`` stops this call early (as an interrupt would), which is how tests simulate one.
+    flock is released by the kernel when the process dies, however it dies, so a lock file left by a
+    killed run never blocks the next one. Where the filesystem has no locks, training goes on unlocked.
     """
-    import torch
-    from accelerate import Accelerator
-    from diffusers.training_utils import EMAModel
-    from safetensors.torch import load_file
-    from tqdm.auto import tqdm
 
-    from .datasets import load_dataset
-    from .registry import get_model_class
+    def __init__(self, run_dir: Path):
+        self.path = run_dir / LOCK_FILE
+        self.fd = None
 
-    run_dir = Path(run_dir)
-    model_class = get_model_class(config.model)
-    data = load_dataset(config.dataset, "train", seed=config.seed, heldout_fraction=config.heldout_fraction)
-    try:
-        run_dir.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise GenlabError(f"cannot create run folder {run_dir}: {exc.strerror}") from None
+    def acquire(self) -> None:
+        try:
+            import fcntl
+        except ImportError:  # not POSIX: no lock
+            return
+        try:
+            fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        except OSError as exc:
+            raise GenlabError(f"cannot write {self.path}: {exc.strerror}") from None
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.read(fd, 64).decode(errors="replace").strip() or "unknown"
+            os.close(fd)
+            raise GenlabError(
+                f"run {self.path.parent} is being trained by PID {holder}: wait for it to finish, or stop it "
+                "(Ctrl-C saves) and run this command again"
+            ) from None
+        except OSError:  # no locks on this filesystem (some network mounts)
+            pass
+        os.ftruncate(fd, 0)
+        os.write(fd, f"{os.getpid()}\n".encode())
+        self.fd = fd
 
+    def release(self) -> None:
+        if self.fd is not None:
+            os.close(self.fd)  # closing drops the flock
+            self.fd = None
+
+
+def _prepare_run_folder(run_dir: Path, config: TrainConfig) -> None:
+    """Under the lock: clear what an interrupted write left, check and save the run's config."""
+    for folder in (run_dir / "checkpoints", run_dir / "snapshots"):
+        remove_leftovers(folder)
+    recover_dir(run_dir / "final")
     saved_config = run_dir / "config.json"
     if saved_config.exists():
-        previous = json.loads(saved_config.read_text())
+        try:
+            previous = json.loads(saved_config.read_text(encoding="utf-8"))
+            if not isinstance(previous, dict):
+                raise ValueError("not a JSON object")
+        except (OSError, ValueError) as exc:
+            raise GenlabError(
+                f"{saved_config} is damaged ({describe(exc, 80)}): delete it to resume this run with the "
+                "given config, or pick a new --run-dir"
+            ) from None
         if {k: v for k, v in previous.items() if k != "max_minutes"} != {
             k: v for k, v in config.model_dump().items() if k != "max_minutes"
         }:
             raise GenlabError(
                 f"{run_dir} holds a run with a different config: pick a new --run-dir or delete that folder"
             )
-    saved_config.write_text(json.dumps(config.model_dump(), indent=2))
+    from .atomic import write_text
+
+    write_text(saved_config, json.dumps(config.model_dump(), indent=2))
+
+
+class _StopRequested(Exception):
+    pass
+
+
+def _shape(shape) -> str:
+    return "x".join(str(int(s)) for s in shape)
+
+
+# ----- the loop --------------------------------------------------------------------------------
+def train(config: TrainConfig, run_dir: str | Path, *, progress: bool = True, max_steps: int | None = None,
+          source: str = "config") -> Path:
+    """Train (or resume) ``config`` into ``run_dir``; returns the folder of the final EMA weights.
+
+    ``max_steps`` stops this call early (as an interrupt would), which is how tests simulate one.
+    ``source`` names the config in messages (its file). Only the main process writes to the run
+    folder and holds its lock; the others train and read the checkpoint they resume from.
+    """
+    import torch
+    from accelerate import Accelerator
+
+    from .datasets import load_dataset
+    from .registry import get_model_class, guard
+
+    run_dir = Path(run_dir)
+    model_class = get_model_class(config.model)
+    data = load_dataset(config.dataset, "train", seed=config.seed, heldout_fraction=config.heldout_fraction)
 
     version = code_version()  # at the start: edits made while a long run trains are not part of it
     accelerator = Accelerator()
     torch.manual_seed(config.seed)
-    network = model_class.create_network(**config.network)
-    model = model_class.from_network(network)
+    network = build_network(model_class, config, source)  # a bad [network] table leaves no folder behind
+    with guard(config.model, "start"):
+        model = model_class.from_network(network)
+        shape = model.image_shape()
+    if shape is not None and tuple(shape) != tuple(data.images.shape[1:]):
+        raise GenlabError(
+            f"{source}: model {config.model}'s network takes {_shape(shape)} images but dataset {config.dataset} "
+            f"holds {_shape(data.images.shape[1:])} images: set the image size in [network] to match, or pick "
+            "another dataset"
+        )
+
+    lock = RunLock(run_dir)
+    if accelerator.is_main_process:
+        try:
+            run_dir.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise GenlabError(f"cannot create run folder {run_dir}: {exc.strerror}") from None
+        lock.acquire()
+    try:
+        if accelerator.is_main_process:
+            _prepare_run_folder(run_dir, config)
+        accelerator.wait_for_everyone()
+        return _train_loop(config, run_dir, accelerator, model, network, data, version,
+                           progress=progress, max_steps=max_steps)
+    finally:
+        lock.release()
+
+
+def _trim_log(log_path: Path, step: int) -> None:
+    """Keep the loss log in step with the checkpoint a run resumes from: rows logged after it (the
+    run died before saving them) and a line cut short by a kill are dropped."""
+    if not log_path.is_file():
+        return
+    kept = []
+    for line in log_path.read_text(encoding="utf-8", errors="replace").splitlines():
+        try:
+            row = json.loads(line)
+        except ValueError:
+            continue
+        if isinstance(row, dict) and isinstance(row.get("step"), int) and row["step"] <= step:
+            kept.append(line + "\n")
+    from .atomic import write_text
+
+    write_text(log_path, "".join(kept))
+
+
+def _train_loop(config, run_dir, accelerator, model, network, data, version, *, progress, max_steps) -> Path:
+    import threading
+
+    import torch
+    from diffusers.training_utils import EMAModel
+    from safetensors.torch import load_file
+    from tqdm.auto import tqdm
+
+    from .registry import guard
+
+    main = accelerator.is_main_process
     ema = EMAModel(network.parameters(), decay=config.ema_decay)
     optimizer = torch.optim.AdamW(network.parameters(), lr=config.learning_rate, weight_decay=config.weight_decay)
 
     step, elapsed, cpu_seconds = 0, 0.0, 0.0
     resume_from = latest_checkpoint(run_dir)
     if resume_from is not None:
-        state = json.loads((resume_from / "trainer_state.json").read_text())
-        network.load_state_dict(load_file(str(resume_from / "network" / "diffusion_pytorch_model.safetensors")))
-        ema_weights = load_file(str(resume_from / "ema" / "diffusion_pytorch_model.safetensors"))
-        ema.shadow_params = [ema_weights[name].clone() for name, _ in network.named_parameters()]
-        ema.optimization_step = state["ema_optimization_step"]
-        _load_optimizer(optimizer, resume_from)
-        step, elapsed, cpu_seconds = state["step"], state["wall_seconds"], state["cpu_seconds"]
+        try:
+            state = json.loads((resume_from / CHECKPOINT_MARKER).read_text())
+            network.load_state_dict(load_file(str(resume_from / "network" / "diffusion_pytorch_model.safetensors")))
+            ema_weights = load_file(str(resume_from / "ema" / "diffusion_pytorch_model.safetensors"))
+            ema.shadow_params = [ema_weights[name].clone() for name, _ in network.named_parameters()]
+            ema.optimization_step = state["ema_optimization_step"]
+            _load_optimizer(optimizer, resume_from)
+            step, elapsed, cpu_seconds = state["step"], state["wall_seconds"], state["cpu_seconds"]
+        except Exception as exc:
+            raise GenlabError(
+                f"checkpoint {resume_from} cannot be resumed ({describe(exc, 120)}): delete that folder to resume "
+                "from the checkpoint before it, or pick a new --run-dir"
+            ) from None
+    log_path = run_dir / "log.jsonl"
+    if main:
+        _trim_log(log_path, step)
 
     network, optimizer = accelerator.prepare(network, optimizer)
     ema.to(accelerator.device)
@@ -207,96 +386,46 @@ def train(config: TrainConfig, run_dir: str | Path, *, progress: bool = True, ma
         return copy
 
     def save_checkpoint():
-        if not accelerator.is_main_process:
+        if not main:
             return
-        target = run_dir / "checkpoints" / f"step-{step:08d}"
-        with _atomic_dir(target) as tmp:
-            unwrapped.save_pretrained(tmp / "network")
-            ema_network().save_pretrained(tmp / "ema")
-            _save_optimizer(optimizer.optimizer if hasattr(optimizer, "optimizer") else optimizer, tmp)
-            (tmp / "trainer_state.json").write_text(json.dumps({
-                "step": step, "wall_seconds": elapsed, "cpu_seconds": cpu_seconds,
-                "ema_optimization_step": ema.optimization_step,
-            }))
-        for old in sorted((run_dir / "checkpoints").glob("step-*"))[:-KEEP_CHECKPOINTS]:
-            shutil.rmtree(old, ignore_errors=True)
+        checkpoints = run_dir / "checkpoints"
+        try:
+            with atomic_dir(checkpoints / f"step-{step:08d}") as tmp:
+                unwrapped.save_pretrained(tmp / "network")
+                ema_network().save_pretrained(tmp / "ema")
+                _save_optimizer(optimizer.optimizer if hasattr(optimizer, "optimizer") else optimizer, tmp)
+                (tmp / CHECKPOINT_MARKER).write_text(json.dumps({  # last: it marks the checkpoint complete
+                    "step": step, "wall_seconds": elapsed, "cpu_seconds": cpu_seconds,
+                    "ema_optimization_step": ema.optimization_step,
+                }))
+            for old in complete_dirs(checkpoints, "step-*", CHECKPOINT_MARKER)[:-KEEP_CHECKPOINTS]:
+                doomed = old.with_name(old.name + ".tmp")  # a kill mid-delete leaves a .tmp, not half a checkpoint
+                old.rename(doomed)
+                shutil.rmtree(doomed, ignore_errors=True)
+        except OSError as exc:
+            raise GenlabError(f"could not save the checkpoint of step {step} in {checkpoints}: "
+                              f"{exc.strerror or exc}; the checkpoint before it is kept") from None
 
     snapshot_every = config.snapshot_every_cpu_minutes * 60 if config.snapshot_every_cpu_minutes else None
     next_snapshot = None if snapshot_every is None else (cpu_seconds // snapshot_every + 1) * snapshot_every
 
     def save_snapshot():
-        if not accelerator.is_main_process:
+        if not main:
             return
-        with _atomic_dir(run_dir / "snapshots" / f"step-{step:08d}") as tmp:
+        with atomic_dir(run_dir / "snapshots" / f"step-{step:08d}") as tmp:
             ema_network().save_pretrained(tmp)
-            (tmp / "snapshot.json").write_text(json.dumps(
+            (tmp / "snapshot.json").write_text(json.dumps(  # last: it marks the snapshot complete
                 {"step": step, "cpu_seconds": round(cpu_seconds, 1), "wall_seconds": round(elapsed, 1)}))
 
-    def handle_sigterm(signum, frame):
-        raise _StopRequested()
-
-    previous_handler = signal.signal(signal.SIGTERM, handle_sigterm) if accelerator.is_main_process else None
-    budget = config.max_minutes * 60 if config.max_minutes else None
-    local_batch = max(1, config.batch_size // accelerator.num_processes)
-    log_path = run_dir / "log.jsonl"
-    bar = tqdm(total=config.steps, initial=step, disable=not (progress and accelerator.is_local_main_process),
-               desc=f"train {config.model}", unit="step", dynamic_ncols=True)
-    stop_reason = "finished"
-    session_start, session_cpu = time.perf_counter(), time.process_time()
-    base_elapsed, base_cpu = elapsed, cpu_seconds
-    last_saved = step
-    network.train()
-    try:
-        with open(log_path, "a") as log:
-            while step < config.steps:
-                if max_steps is not None and step >= max_steps:
-                    stop_reason = "stopped early"
-                    break
-                if budget is not None and elapsed >= budget:
-                    stop_reason = f"time budget of {config.max_minutes} min spent"
-                    break
-                # (seed, step, process) fixes the batch and the noise: resuming replays the same run
-                generator = torch.Generator().manual_seed(
-                    (config.seed * 1_000_003 + step) * 1009 + accelerator.process_index
-                )
-                index = torch.randint(len(data), (local_batch,), generator=generator)
-                batch = {"images": data.images[index].to(accelerator.device),
-                         "labels": data.labels[index].to(accelerator.device)}
-                loss, logs = model.training_loss(network, batch, generator=generator)
-                optimizer.zero_grad(set_to_none=True)
-                accelerator.backward(loss)
-                optimizer.step()
-                ema.step(network.parameters())
-                step += 1
-                elapsed = base_elapsed + time.perf_counter() - session_start
-                cpu_seconds = base_cpu + time.process_time() - session_cpu
-                bar.update(1)
-                if step % config.log_every == 0 or step == config.steps:
-                    row = {"step": step, "loss": loss.item(), **{k: float(v) for k, v in logs.items()},
-                           "wall_seconds": round(elapsed, 2)}
-                    bar.set_postfix(loss=f"{row['loss']:.4g}")
-                    if accelerator.is_main_process:
-                        log.write(json.dumps(row) + "\n")
-                        log.flush()
-                if step % config.checkpoint_every == 0:
-                    save_checkpoint()
-                    last_saved = step
-                if next_snapshot is not None and cpu_seconds >= next_snapshot:
-                    save_snapshot()
-                    next_snapshot = (cpu_seconds // snapshot_every + 1) * snapshot_every
-    except (KeyboardInterrupt, _StopRequested):
-        stop_reason = "interrupted"
-    finally:
-        bar.close()
-        if step != last_saved:
-            save_checkpoint()
-        if previous_handler is not None:
-            signal.signal(signal.SIGTERM, previous_handler)
-
     final = run_dir / "final"
-    if accelerator.is_main_process:
-        with _atomic_dir(final) as tmp:
+
+    def save_final():
+        if not main:
+            return
+        with atomic_dir(final) as tmp:
             ema_network().save_pretrained(tmp)
+            if log_path.is_file():  # the loss curve travels with the weights (training stability in reports)
+                shutil.copyfile(log_path, tmp / "training_log.jsonl")
             metadata = {
                 "model": config.model,
                 "dataset": config.dataset,
@@ -314,9 +443,83 @@ def train(config: TrainConfig, run_dir: str | Path, *, progress: bool = True, ma
                 "torch_version": torch.__version__,
                 "finished_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
             }
-            (tmp / "metadata.json").write_text(json.dumps(metadata, indent=2))
-            if log_path.is_file():  # the loss curve travels with the weights (training stability in reports)
-                shutil.copyfile(log_path, tmp / "training_log.jsonl")
+            (tmp / "metadata.json").write_text(json.dumps(metadata, indent=2))  # last
+
+    def handle_sigterm(signum, frame):
+        raise _StopRequested()
+
+    handles_sigterm = main and threading.current_thread() is threading.main_thread()
+    previous_handler = signal.signal(signal.SIGTERM, handle_sigterm) if handles_sigterm else None
+    budget = config.max_minutes * 60 if config.max_minutes else None
+    local_batch = max(1, config.batch_size // accelerator.num_processes)
+    bar = tqdm(total=config.steps, initial=step, disable=not (progress and accelerator.is_local_main_process),
+               desc=f"train {config.model}", unit="step", dynamic_ncols=True)
+    stop_reason = "finished"
+    session_start, session_cpu = time.perf_counter(), time.process_time()
+    base_elapsed, base_cpu = elapsed, cpu_seconds
+    last_saved = step
+    network.train()
+    ended = False  # the loop ended (finished, budget, interrupt) rather than raised
+    try:
+        try:
+            with open(log_path, "a") as log:
+                while step < config.steps:
+                    if max_steps is not None and step >= max_steps:
+                        stop_reason = "stopped early"
+                        break
+                    if budget is not None and elapsed >= budget:
+                        stop_reason = f"time budget of {config.max_minutes} min spent"
+                        break
+                    # (seed, step, process) fixes the batch and the noise: resuming replays the same run
+                    generator = torch.Generator().manual_seed(
+                        (config.seed * 1_000_003 + step) * 1009 + accelerator.process_index
+                    )
+                    index = torch.randint(len(data), (local_batch,), generator=generator)
+                    batch = {"images": data.images[index].to(accelerator.device),
+                             "labels": data.labels[index].to(accelerator.device)}
+                    with guard(config.model, f"train (step {step + 1})"):
+                        loss, logs = model.training_loss(network, batch, generator=generator)
+                        optimizer.zero_grad(set_to_none=True)
+                        accelerator.backward(loss)
+                    optimizer.step()
+                    ema.step(network.parameters())
+                    step += 1
+                    elapsed = base_elapsed + time.perf_counter() - session_start
+                    cpu_seconds = base_cpu + time.process_time() - session_cpu
+                    bar.update(1)
+                    if step % config.log_every == 0 or step == config.steps:
+                        row = {"step": step, "loss": loss.item(), **{k: float(v) for k, v in logs.items()},
+                               "wall_seconds": round(elapsed, 2)}
+                        bar.set_postfix(loss=f"{row['loss']:.4g}")
+                        if main:
+                            log.write(json.dumps(row) + "\n")
+                            log.flush()
+                    if step % config.checkpoint_every == 0:
+                        with signals_deferred(f"saving the checkpoint of step {step}; stopping when it is saved") as received:
+                            save_checkpoint()
+                        last_saved = step
+                        if received:
+                            raise _StopRequested()
+                    if next_snapshot is not None and cpu_seconds >= next_snapshot:
+                        with signals_deferred(f"saving a snapshot at step {step}; stopping when it is saved") as received:
+                            save_snapshot()
+                        next_snapshot = (cpu_seconds // snapshot_every + 1) * snapshot_every
+                        if received:
+                            raise _StopRequested()
+        except (KeyboardInterrupt, _StopRequested):
+            stop_reason = "interrupted"
+        ended = True
+    finally:
+        # a second Ctrl-C or SIGTERM must not cut the save that keeps the run: it waits for it
+        with signals_deferred(f"saving step {step} before stopping; further signals are ignored until it is saved"):
+            bar.close()
+            if step != last_saved:
+                save_checkpoint()
+            if ended:
+                save_final()
+        if previous_handler is not None:
+            signal.signal(signal.SIGTERM, previous_handler)
+
     accelerator.wait_for_everyone()
     if stop_reason == "interrupted":
         raise KeyboardInterrupt(f"training interrupted at step {step}; run the same command again to resume")
