@@ -22,3 +22,25 @@ class CapabilityError(GenlabError):
 def choices(names) -> str:
     names = sorted(names)
     return ", ".join(names) if names else "(none registered)"
+
+
+class ModelError(GenlabError):
+    """A model's own code (a plugin's, in-tree or third-party) raised something unexpected.
+
+    The message names the model, its plugin, what it was doing and the original error, in one line;
+    the CLI prints it, the eval runner records it against that model's row and goes on."""
+
+
+class PluginLoadError(UnknownModelError):
+    """The model asked for belongs to a plugin that failed to load."""
+
+
+def describe(exc: BaseException, limit: int = 300) -> str:
+    """``TypeName: message`` of an exception on one line, cut to ``limit`` characters."""
+    text = " ".join(str(exc).split())
+    text = f"{type(exc).__name__}: {text}" if text else type(exc).__name__
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+class GenlabWarning(UserWarning):
+    """Something was skipped or changed and the user should know (the CLI prints it on one line)."""
