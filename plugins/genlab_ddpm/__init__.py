@@ -212,6 +212,9 @@ class DDPM(Model):
         c = self.network.config  # x_T has the image's shape: diffusion does not compress
         return (c.in_channels, c.sample_size, c.sample_size)
 
+    def image_shape(self):
+        return self.latent_shape()
+
     def encode(self, images, steps: int = 50, refine: int = 2):
         """Deterministic DDIM inversion: images in [0, 1] to the noise x_T that DDIM decodes back to them.
 

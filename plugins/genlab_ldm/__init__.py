@@ -57,6 +57,10 @@ class LDMAutoencoder(Model):
         side = network.config.padded_size // 2 ** (len(network.config.block_out_channels) - 1)
         return (network.config.latent_channels, side, side)
 
+    def image_shape(self):
+        c = self.network.config
+        return (c.in_channels, c.image_size, c.image_size)
+
     def posterior(self, images):
         import torch
 
@@ -256,6 +260,10 @@ class LDM(Model):
     def latent_shape(self):
         c = self.network.config
         return (c.latent_channels, c.latent_size, c.latent_size)
+
+    def image_shape(self):
+        c = self.network.first_stage.config  # the images its first stage encodes and decodes
+        return (c.in_channels, c.image_size, c.image_size)
 
     def decode(self, latents):
         import torch

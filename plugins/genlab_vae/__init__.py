@@ -89,6 +89,10 @@ class VAE(Model):
     def latent_shape(self):
         return (self.network.config.latent_dim,)
 
+    def image_shape(self):
+        c = self.network.config
+        return (c.in_channels, c.image_size, c.image_size)
+
     def posterior(self, images):
         return self.encode(images)
 

@@ -1,7 +1,8 @@
 """A whole genlab plugin in one file: a baseline that samples uniform noise.
 
-It has no weights to train, which makes it the cheapest possible model for tests, and an honest
-ceiling row in a report: every real model should beat it.
+It has no weights to train (no ``network_class``: genlab counts 0 parameters and it reports 0 NFE),
+which makes it the cheapest possible model for tests, and an honest ceiling row in a report: every
+real model should beat it. The other modules here are stand-ins for broken plugins.
 """
 
 import time
@@ -23,9 +24,6 @@ class UniformNoise(genlab.Model):
     def __init__(self, weights=None, image_size: int = 28):
         super().__init__(weights)
         self.image_size = image_size
-
-    def parameter_count(self):
-        return 0
 
     def sample(self, count, *, seed=0, options=None):
         import torch
