@@ -14,7 +14,7 @@ from typing import Callable
 
 import numpy as np
 
-from .errors import GenlabError
+from .errors import GenlabError, GenlabWarning, describe
 from .hookspecs import hookimpl
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp"}
@@ -83,24 +83,69 @@ def _torchvision(cls_name: str, label: str):
     return load
 
 
-def _load_folder(path: str, size: int = 28):
-    from PIL import Image
+# Folder images are read only if their header says at most this many pixels: a small PNG can
+# declare 20000x20000 and take gigabytes to decode (PIL's own bomb check starts at 89M pixels).
+MAX_IMAGE_PIXELS = 4096 * 4096
 
+
+def _read_image(path: Path, size: int):
+    """(8-bit [size, size] array, None), or (None, why the file cannot be used)."""
+    import warnings
+
+    from PIL import Image, UnidentifiedImageError
+
+    if path.is_symlink() and not path.exists():
+        return None, "a dangling link"
+    if not path.is_file():
+        return None, "not a file"
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            with Image.open(path) as image:
+                width, height = image.size
+                if width * height > MAX_IMAGE_PIXELS:
+                    return None, f"{width}x{height} pixels, over the {MAX_IMAGE_PIXELS:,} allowed"
+                return np.asarray(image.convert("L").resize((size, size), Image.BILINEAR)), None
+    except Image.DecompressionBombError:
+        return None, f"over the {MAX_IMAGE_PIXELS:,} pixels allowed"
+    except UnidentifiedImageError:
+        return None, "not an image"
+    except Exception as exc:  # truncated or damaged files raise OSError, SyntaxError, struct.error...
+        return None, f"unreadable ({describe(exc, 80)})"
+
+
+def _load_folder(path: str, size: int = 28):
+    import warnings
+
+    if not path.strip():
+        raise DatasetUnavailable("folder: needs a path: use folder:PATH with the folder of your images")
     root = Path(path).expanduser()
     if not root.is_dir():
-        raise DatasetUnavailable(f"image folder {root} does not exist: give folder:PATH to a folder of images")
-    files = sorted(p for p in root.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES)
-    if not files:
+        what = "is not a folder" if root.exists() else "does not exist"
+        raise DatasetUnavailable(f"image folder {root} {what}: give folder:PATH to a folder of images")
+    candidates = sorted(p for p in root.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES)
+    if not candidates:
         raise DatasetUnavailable(
             f"no images in {root}: expected files ending in {', '.join(sorted(IMAGE_SUFFIXES))}"
         )
+    files, arrays, skipped = [], [], []
+    for p in candidates:
+        array, why = _read_image(p, size)
+        if array is None:
+            skipped.append(f"{p.relative_to(root)} ({why})")
+        else:
+            files.append(p)
+            arrays.append(array)
+    if skipped:
+        named = "; ".join(skipped[:5]) + (f"; and {len(skipped) - 5} more" if len(skipped) > 5 else "")
+        if not files:
+            raise DatasetUnavailable(f"no readable images in {root}: all {len(skipped)} were skipped: {named}")
+        warnings.warn(GenlabWarning(f"skipped {len(skipped)} of {len(candidates)} files in {root}: {named}"),
+                      stacklevel=2)
     # sub-folder names become labels, as in torchvision's ImageFolder
     classes = sorted({p.parent.name for p in files if p.parent != root})
-    images = np.stack(
-        [np.asarray(Image.open(p).convert("L").resize((size, size), Image.BILINEAR)) for p in files]
-    )
     labels = np.array([classes.index(p.parent.name) if p.parent != root else -1 for p in files])
-    return images[:, None].astype(np.uint8), labels.astype(np.int64)
+    return np.stack(arrays)[:, None].astype(np.uint8), labels.astype(np.int64)
 
 
 BUILTIN = (
@@ -124,24 +169,42 @@ def _load_all(name: str):
     from .registry import get_dataset_spec
 
     spec = get_dataset_spec(name)
-    if ":" in name:
-        images, labels = spec.load(name.split(":", 1)[1])
-    elif spec.name == "folder":
-        raise GenlabError("the folder dataset needs a path: use folder:PATH")
-    else:
-        images, labels = spec.load()
+    try:
+        if ":" in name:
+            images, labels = spec.load(name.split(":", 1)[1])
+        elif spec.name == "folder":
+            raise GenlabError("the folder dataset needs a path: use folder:PATH")
+        else:
+            images, labels = spec.load()
+    except GenlabError:
+        raise
+    except Exception as exc:  # a dataset plugin's bug, or a damaged download
+        raise GenlabError(f"dataset {name} could not be loaded: {describe(exc)}") from None
+    if getattr(images, "ndim", 0) != 4 or getattr(images, "dtype", None) != np.uint8 or len(labels) != len(images):
+        raise GenlabError(f"dataset {name} did not load as uint8 images [N, C, H, W] with one label each")
     return images, labels
 
 
 def load_dataset(name: str, split: str = "train", *, seed: int = 0, heldout_fraction: float = 0.1) -> ImageData:
-    """A seeded split of a registered dataset: ``train``, ``heldout`` or ``all``."""
+    """A seeded split of a registered dataset: ``train``, ``heldout`` or ``all``.
+
+    This is the split every genlab tool uses (training, the eval runner, the app), so a plugin that
+    needs data calls it too: images are uint8 tensors [N, C, H, W], labels int64 (-1 where unknown).
+    The held-out part is ``heldout_fraction`` of the images (at least one), chosen by ``seed``."""
     import torch
+
+    from .models import check_seed
 
     if split not in ("train", "heldout", "all"):
         raise GenlabError(f"unknown split {split!r}; valid splits: train, heldout, all")
+    if not 0 < heldout_fraction < 1:
+        raise GenlabError(f"heldout_fraction must be between 0 and 1, got {heldout_fraction}")
+    check_seed(seed, "split seed")
     images, labels = _load_all(name)
+    if len(images) < 2:
+        raise GenlabError(f"dataset {name} holds {len(images)} image(s): its train/held-out split needs at least 2")
     order = np.random.default_rng(seed).permutation(len(images))
-    n_heldout = max(1, int(round(len(images) * heldout_fraction)))
+    n_heldout = min(len(images) - 1, max(1, int(round(len(images) * heldout_fraction))))
     index = {"heldout": order[:n_heldout], "train": order[n_heldout:], "all": order}[split]
     return ImageData(name, split, torch.from_numpy(images[index]), torch.from_numpy(labels[index]))
 
