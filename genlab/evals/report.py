@@ -2,15 +2,36 @@
 
 The Markdown (jinja2 template in templates/) is the single source; the HTML is that Markdown
 rendered by markdown-it with every image embedded, so the page can be mailed or opened offline.
+
+Text in a report comes from suites (labels, names), plugins (ids, families, metric strings) and
+prompts, none of which genlab wrote: every value the template prints is escaped for Markdown, and
+the HTML renderer takes no raw HTML at all, so a label such as ``<img src=x onerror=...>`` shows as
+text. Files are written whole or not at all.
 """
 
 from __future__ import annotations
 
 import base64
+import html
+import os
 import re
 from pathlib import Path
 
 from jinja2 import Environment, FileSystemLoader, StrictUndefined
+from markupsafe import Markup
+
+from genlab.atomic import write_text
+
+# What Markdown would read as markup rather than text: HTML tags and entities, links and images,
+# code spans, emphasis, table cells, and the escape character itself.
+MARKDOWN_SPECIAL = re.compile(r"([\\`*_\[\]<>|&])")
+
+
+def md_text(value) -> str:
+    """Any value as inert Markdown text on one line; ``Markup`` (genlab's own image paths) as is."""
+    if isinstance(value, Markup):
+        return str(value)
+    return MARKDOWN_SPECIAL.sub(r"\\\1", " ".join(str(value).split()))
 
 TEMPLATES = Path(__file__).parent / "templates"
 
@@ -57,7 +78,10 @@ def charts(result: dict, out: Path) -> dict:
 
     def save(fig, name: str) -> str:
         fig.tight_layout()
-        fig.savefig(out / "images" / f"{name}.png")
+        path = out / "images" / f"{name}.png"
+        tmp = path.with_name(f".{name}.{os.getpid()}.tmp")
+        fig.savefig(tmp, format="png")
+        os.replace(tmp, path)
         plt.close(fig)
         return f"images/{name}.png"
 
@@ -112,17 +136,19 @@ def to_html(markdown_text: str, folder: Path, title: str) -> str:
     """Markdown -> one HTML page with the images it links inlined as data URIs."""
     from markdown_it import MarkdownIt
 
-    body = MarkdownIt("commonmark").enable("table").render(markdown_text)
+    # no raw HTML: whatever a suite or plugin managed to put in the Markdown stays text
+    body = MarkdownIt("commonmark", {"html": False}).enable("table").render(markdown_text)
+    root = folder.resolve()
 
     def inline(match):
-        path = folder / match.group(1)
-        if not path.is_file():
+        path = (folder / match.group(1)).resolve()
+        if not path.is_file() or not path.is_relative_to(root):
             return match.group(0)
         data = base64.b64encode(path.read_bytes()).decode()
         return f'src="data:image/png;base64,{data}"'
 
     body = re.sub(r'src="([^"]+\.png)"', inline, body)
-    return HTML_PAGE.format(title=title, body=body)
+    return HTML_PAGE.format(title=html.escape(title), body=body)
 
 
 def _unique_by(rows: list[dict], path: str) -> list[dict]:
@@ -142,14 +168,17 @@ def _unique_by(rows: list[dict], path: str) -> list[dict]:
 def write_report(result: dict, out: Path) -> Path:
     """Write report.md and report.html into ``out``; returns the Markdown path."""
     out = Path(out)
+    # finalize escapes every printed value (md_text), so no value can add markup to the report
     env = Environment(loader=FileSystemLoader(TEMPLATES), undefined=StrictUndefined,
-                      trim_blocks=True, lstrip_blocks=True)
+                      trim_blocks=True, lstrip_blocks=True, finalize=md_text)
     env.filters["fmt"] = fmt
     env.filters["unique_by"] = _unique_by
-    env.filters["cell"] = lambda text: str(text).replace("|", "\\|")  # a pipe would end the table cell
+    env.filters["cell"] = lambda text: text  # kept for templates: every value is escaped by finalize
+    env.filters["path"] = lambda path: Markup(path)  # genlab's own image paths (made of slugs)
     env.filters["pm"] = lambda spread: f" ± {fmt(spread, 2)}" if spread is not None else ""
-    markdown = env.get_template("report.md.j2").render(r=result, charts=charts(result, out))
+    charts_made = {k: Markup(v) for k, v in charts(result, out).items()}
+    markdown = env.get_template("report.md.j2").render(r=result, charts=charts_made)
     path = out / "report.md"
-    path.write_text(markdown)
-    (out / "report.html").write_text(to_html(markdown, out, f"genlab eval: {result['name']}"))
+    write_text(path, markdown)
+    write_text(out / "report.html", to_html(markdown, out, f"genlab eval: {result['name']}"))
     return path

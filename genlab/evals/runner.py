@@ -18,7 +18,8 @@ from pathlib import Path
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-from genlab.errors import GenlabError
+from genlab.errors import GenlabError, describe
+from genlab.models import MAX_SEED
 
 from . import evals_dir
 from .report import write_report
@@ -46,10 +47,10 @@ class EvalConfig(BaseModel):
     models: list[ModelEntry] | None = None  # None: every registered model that can sample
     dataset: str = "mnist-5k"
     num_samples: int = Field(1000, ge=2, le=100_000)
-    seed: int = 0
+    seed: int = Field(0, ge=0, le=MAX_SEED)
     # the train/held-out split the models were trained with (genlab train splits with its config's
     # seed, 0 for every bundled model): held-out digits must be digits no model saw
-    split_seed: int = 0
+    split_seed: int = Field(0, ge=0, le=MAX_SEED)
     # independent sample sets (seeds seed, seed+1, ...), each against its own reference draw:
     # quality metrics are reported as mean and standard deviation over them
     repeats: int = Field(1, ge=1, le=20)
@@ -64,8 +65,11 @@ class EvalConfig(BaseModel):
     @field_validator("models", mode="before")
     @classmethod
     def _ids_to_entries(cls, value):
-        if value is None:
-            return None
+        if value is None or not isinstance(value, list):
+            return value
+        if not value:
+            raise ValueError("selects no model: list model ids, or leave models out to evaluate every model "
+                             "that can sample")
         return [{"id": v} if isinstance(v, str) else v for v in value]
 
 
@@ -77,14 +81,30 @@ def load_suite(path: str | Path) -> EvalConfig:
         suites = sorted(p.name for p in evals_dir().glob("*.toml"))
         raise GenlabError(f"no eval suite at {path}; suites in evals/: {', '.join(suites) or 'none'}")
     try:
-        data = tomllib.loads(path.read_text())
-        data.setdefault("name", path.stem)
-        return EvalConfig(**data)
+        data = tomllib.loads(path.read_text(encoding="utf-8"))
+    except UnicodeDecodeError:
+        raise GenlabError(f"{path} is not a text file: give a TOML suite such as evals/bundled.toml") from None
+    except OSError as exc:
+        raise GenlabError(f"cannot read {path}: {exc.strerror or exc}") from None
     except tomllib.TOMLDecodeError as exc:
         raise GenlabError(f"{path} is not valid TOML: {exc}") from None
+    if not data:
+        raise GenlabError(f"{path} is empty: a suite names what to evaluate, e.g. models = [\"vae\"] "
+                          "(see evals/bundled.toml)")
+    data.setdefault("name", path.stem)
+    try:
+        return EvalConfig(**data)
     except ValidationError as exc:
         err = exc.errors()[0]
-        raise GenlabError(f"{path}: invalid {'.'.join(map(str, err['loc']))}: {err['msg']}") from None
+        loc = err["loc"]
+        where = ".".join(map(str, loc))
+        if err["type"] == "extra_forbidden":
+            fields = ModelEntry.model_fields if loc[0] == "models" else EvalConfig.model_fields
+            raise GenlabError(f"{path}: unknown setting {where!r}; valid settings: {', '.join(fields)}") from None
+        value = repr(err.get("input"))
+        value = value if len(value) <= 60 else value[:57] + "..."
+        message = err["msg"].removeprefix("Value error, ")
+        raise GenlabError(f"{path}: invalid {where} = {value}: {message}") from None
 
 
 # ----- torch-fidelity plumbing -----------------------------------------------------------------
@@ -172,9 +192,9 @@ def digest(data) -> str:
 
 
 def _write_atomic(path: Path, text: str) -> None:
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
+    from genlab.atomic import write_text
+
+    write_text(path, text)
 
 
 def sample_shards(model, entry: ModelEntry, n: int, seed: int, batch_size: int, folder: Path):
@@ -190,6 +210,7 @@ def sample_shards(model, entry: ModelEntry, n: int, seed: int, batch_size: int, 
     from tqdm.auto import tqdm
 
     from genlab.datasets import to_uint8
+    from genlab.registry import guard
 
     folder.mkdir(parents=True, exist_ok=True)
     options = model.parse_options(entry.options)
@@ -206,8 +227,9 @@ def sample_shards(model, entry: ModelEntry, n: int, seed: int, batch_size: int, 
                 seconds += float(meta["seconds"])
                 nfe = int(meta["nfe"]) if meta.get("nfe") not in (None, "None") else None
                 continue
-        result = model.sample(count, seed=seed * 100_003 + index, options=options)
-        images = to_uint8(result.images).contiguous()
+        with guard(entry.id, "sample"):
+            result = model.sample(count, seed=seed * 100_003 + index, options=options)
+            images = to_uint8(result.images).contiguous()
         tmp = shard.with_suffix(".tmp")
         save_file({"images": images}, str(tmp), metadata={"seconds": repr(result.seconds), "nfe": str(result.nfe)})
         os.replace(tmp, shard)  # a shard is on disk whole or not at all
@@ -219,8 +241,11 @@ def sample_shards(model, entry: ModelEntry, n: int, seed: int, batch_size: int, 
 
 
 def _latency(model, entry: ModelEntry, seed: int, repeats: int = 5) -> float:
+    from genlab.registry import guard
+
     options = model.parse_options(entry.options)
-    times = [model.sample(1, seed=seed + r, options=options).seconds for r in range(repeats)]
+    with guard(entry.id, "sample"):
+        times = [float(model.sample(1, seed=seed + r, options=options).seconds) for r in range(repeats)]
     return sorted(times)[len(times) // 2]
 
 
@@ -405,24 +430,26 @@ def _measure_model(model, entry: ModelEntry, run: _Run, measured: dict) -> dict:
     from genlab.images import grid
     from genlab.metrics import reconstruction_metrics
     from genlab.models import Capability
+    from genlab.registry import guard
     from genlab.training import code_version
 
     from .measures import loss_stability, memorization
 
     config, out = run.config, run.out
     slug = _slug(entry.name)
-    options = model.parse_options(entry.options).model_dump()
-    row = {
-        "model": entry.name, "id": entry.id, "family": model.family, "options": options,
-        "capabilities": sorted(c.value for c in model.capabilities),
-        "parameters": model.parameter_count(),
-        "code_version": code_version(),
-        "training": {k: model.metadata().get(k) for k in ("steps", "wall_seconds", "cpu_seconds", "dataset")},
-        "stability": loss_stability(model.training_log()),
-        "objective": getattr(model, "training_objective", None),
-        "latent_shape": model.latent_shape(),
-        "data_shape": tuple(run.train.images.shape[1:]),
-    }
+    with guard(entry.id, "describe itself"):
+        options = model.parse_options(entry.options).model_dump()
+        row = {
+            "model": entry.name, "id": entry.id, "family": model.family, "options": options,
+            "capabilities": sorted(c.value for c in model.capabilities),
+            "parameters": model.parameter_count(),
+            "code_version": code_version(),
+            "training": {k: model.metadata().get(k) for k in ("steps", "wall_seconds", "cpu_seconds", "dataset")},
+            "stability": loss_stability(model.training_log()),
+            "objective": getattr(model, "training_objective", None),
+            "latent_shape": model.latent_shape(),
+            "data_shape": tuple(run.train.images.shape[1:]),
+        }
     weights_key = (entry.id, str(model.weights), json.dumps(weights_fingerprint(model)))
     if model.can(Capability.SAMPLE):
         images_by_seed, seconds, nfe = {}, 0.0, None
@@ -464,32 +491,79 @@ def _measure_model(model, entry: ModelEntry, run: _Run, measured: dict) -> dict:
         if key not in measured:
             subset = run.heldout.images[: config.likelihood_images]
             try:
-                measured[key] = model.bits_per_dim(subset, seed=config.seed, **entry.likelihood)
-            except GenlabError as exc:
+                with guard(entry.id, "compute bits_per_dim"):
+                    measured[key] = model.bits_per_dim(subset, seed=config.seed, **entry.likelihood)
+            except GenlabError as exc:  # the plugin's own reason, or its bug: the rest of the row stands
                 measured[key] = {"unavailable": str(exc)}
         row["likelihood"] = measured[key]
     if model.can(Capability.RECONSTRUCT):
         key = (*weights_key, "reconstruction")
         if key not in measured:
             x = to_unit(run.heldout.images[: config.likelihood_images])
-            with torch.inference_mode():
-                measured[key] = reconstruction_metrics(x, model.reconstruct(x))
+            with torch.inference_mode(), guard(entry.id, "reconstruct"):
+                reconstructed = model.reconstruct(x)
+            measured[key] = reconstruction_metrics(x, reconstructed)
         row["reconstruction"] = measured[key]
     if model.can(Capability.ENCODE):
         key = (*weights_key, "latents")
         if key not in measured:
-            measured[key] = _latent_usage(model, run)
+            with guard(entry.id, "encode"):
+                measured[key] = _latent_usage(model, run)
         if measured[key] is not None:
             row["latents"] = measured[key]
     if model.can(Capability.INTERPOLATE) and config.interpolation_pairs > 0:
         key = (*weights_key, "interpolation")
         if key not in measured:
-            measured[key] = _interpolation(model, run, entry, out / "images" / f"{slug}_interpolation.png")
+            with guard(entry.id, "interpolate"):
+                measured[key] = _interpolation(model, run, entry, out / "images" / f"{slug}_interpolation.png")
         row["interpolation"] = measured[key]
     if model.can(Capability.PROMPT):
-        row["prompts"] = model.prompt_metrics(per_prompt=config.prompt_samples, seed=config.seed,
-                                              options=entry.options)
+        with guard(entry.id, "follow prompts"):
+            row["prompts"] = model.prompt_metrics(per_prompt=config.prompt_samples, seed=config.seed,
+                                                  options=entry.options)
     return row
+
+
+IMAGE_INPUTS = ("encode", "reconstruct", "interpolate", "likelihood")  # capabilities fed the dataset's images
+
+
+def _shape(shape) -> str:
+    return "x".join(str(int(s)) for s in shape)
+
+
+def _check_entry(model, entry: ModelEntry, config: EvalConfig, data_shape: tuple) -> None:
+    """Before anything runs: the entry's options and likelihood arguments are ones the model takes,
+    and a model that is fed the dataset's images takes images of that shape."""
+    import inspect
+
+    from genlab.models import Capability, settings_problem
+    from genlab.registry import guard
+
+    with guard(entry.id, "parse its options"):
+        model.parse_options(entry.options)
+    if entry.likelihood:
+        if not model.can(Capability.LIKELIHOOD):
+            raise GenlabError(f"model {entry.name} has no likelihood capability: remove its likelihood table")
+        params = list(inspect.signature(model.bits_per_dim).parameters.values())[1:]  # after the images
+        valid = [p.name for p in params if p.name != "seed" and p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)]
+        open_ended = any(p.kind is p.VAR_KEYWORD for p in params)
+        for key in entry.likelihood:
+            if key not in valid and not open_ended:
+                why = "is set by the suite's seed" if key == "seed" else "is not an argument of its bits_per_dim"
+                raise GenlabError(f"model {entry.name}: likelihood setting {key!r} {why}; valid settings: "
+                                  f"{', '.join(valid) or 'none'}")
+        problem = settings_problem([model.bits_per_dim], entry.likelihood, allow_unknown=True)
+        if problem:
+            raise GenlabError(f"model {entry.name}: likelihood setting {problem}")
+    if any(model.can(c) for c in IMAGE_INPUTS):
+        with guard(entry.id, "load"):
+            shape = model.image_shape()
+        if shape is not None and tuple(shape) != tuple(data_shape):
+            raise GenlabError(
+                f"model {entry.name} takes {_shape(shape)} images but dataset {config.dataset} holds "
+                f"{_shape(data_shape)} images: evaluate it on a dataset of its size, or give it weights "
+                f"trained on {config.dataset}"
+            )
 
 
 def run_eval(config: EvalConfig, out_dir: str | Path | None = None) -> Path:
@@ -501,33 +575,56 @@ def run_eval(config: EvalConfig, out_dir: str | Path | None = None) -> Path:
     import torch
     from tqdm.auto import tqdm
 
+    from genlab.errors import ModelError, UnknownModelError
     from genlab.models import Capability
     from genlab.registry import (
         get_dataset_spec,
         get_feature_extractor,
         get_model,
         get_models,
+        plugin_of,
     )
     from genlab.training import code_version
 
     for extractor in (config.feature_extractor, *config.extra_feature_extractors):
         get_feature_extractor(extractor)  # fail on a typo before any folder or sample is made
-    get_dataset_spec(config.dataset)
-    entries = config.models or [ModelEntry(id=m) for m in get_models(Capability.SAMPLE)]
+    data_shape = tuple(get_dataset_spec(config.dataset).image_shape)
+    # models the suite names are the user's choice: a mistake about one stops the run before it
+    # starts; models taken from the registry are measured as far as each one allows
+    explicit = config.models is not None
+    entries = config.models if explicit else [ModelEntry(id=m) for m in get_models(Capability.SAMPLE)]
     if not entries:
-        raise GenlabError("no model that can sample is registered: install a plugin (see `genlab plugins`)")
-    loaded: dict = {}  # one instance (and one copy of the weights) per model and checkpoint
-    models = {e.name: loaded.setdefault((e.id, e.weights), get_model(e.id, weights=e.weights)) for e in entries}
-    if len(models) != len(entries):
+        raise GenlabError("the suite selects no model" if explicit else
+                          "no model that can sample is registered: install a plugin (see `genlab plugins`)")
+    names = [e.name for e in entries]
+    if len(set(names)) != len(names):
         raise GenlabError("two models in the suite share a name: give each a distinct label")
     slugs = [_slug(e.name) for e in entries]
     clash = next((e.name for e, s in zip(entries, slugs) if slugs.count(s) > 1 or s in CHART_NAMES), None)
     if clash is not None:
         raise GenlabError(f"the label {clash!r} would share image files with another model or a chart: "
                           "give it a distinct label")
+    loaded: dict = {}  # one instance (and one copy of the weights) per model and checkpoint
+    models: dict = {}
+    failed: dict[str, str] = {}  # entry name -> why it was not measured; the others go on
     for entry in entries:
-        models[entry.name].parse_options(entry.options)
+        try:
+            if (entry.id, entry.weights) not in loaded:
+                loaded[entry.id, entry.weights] = get_model(entry.id, weights=entry.weights)
+            models[entry.name] = loaded[entry.id, entry.weights]
+            _check_entry(models[entry.name], entry, config, data_shape)
+        except UnknownModelError:
+            raise
+        except ModelError as exc:  # a plugin's bug
+            failed[entry.name] = str(exc)
+        except GenlabError as exc:
+            if explicit:
+                raise
+            failed[entry.name] = str(exc)
 
+    from genlab.datasets import load_dataset
+
+    load_dataset(config.dataset, "train", seed=config.split_seed)  # a bad dataset stops the run before its folder is made
     name = config.name or run_name(config)
     out = Path(out_dir) if out_dir else default_run_dir(config)
     try:
@@ -540,12 +637,21 @@ def run_eval(config: EvalConfig, out_dir: str | Path | None = None) -> Path:
     floor = run.cached("floor", settings, lambda: _floor(run))  # held-out digits: the best any model can do
     rows, measured = [], {}
     for entry in tqdm(entries, desc=f"eval {name}", unit="model"):
+        if entry.name in failed:
+            continue
         model = models[entry.name]
-        # parsed options: a changed default is a changed setting
-        key = [settings, entry.model_dump(), model.parse_options(entry.options).model_dump(),
-               str(model.weights), weights_fingerprint(model)]
-        rows.append(run.cached(f"row-{_slug(entry.name)}", key,
-                               lambda m=model, e=entry: _measure_model(m, e, run, measured)))
+        try:
+            # parsed options: a changed default is a changed setting
+            key = [settings, entry.model_dump(), model.parse_options(entry.options).model_dump(),
+                   str(model.weights), weights_fingerprint(model)]
+            rows.append(run.cached(f"row-{_slug(entry.name)}", key,
+                                   lambda m=model, e=entry: _measure_model(m, e, run, measured)))
+        except KeyboardInterrupt:
+            raise
+        except (Exception, SystemExit) as exc:  # one model's failure must not cost the others (not cached: retried)
+            failed[entry.name] = str(exc) if isinstance(exc, GenlabError) else describe(exc)
+    failed_models = [{"model": e.name, "id": e.id, "plugin": plugin_of(e.id), "reason": failed[e.name]}
+                     for e in entries if e.name in failed]
 
     result = {
         "name": name,
@@ -565,6 +671,7 @@ def run_eval(config: EvalConfig, out_dir: str | Path | None = None) -> Path:
         "created_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "real_data_floor": floor,
         "models": rows,
+        "failed_models": failed_models,  # each with the reason it has no row
         "best_by_family": best_by_family(rows),
     }
     from .claims import seed_claims
