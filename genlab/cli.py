@@ -4,14 +4,21 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import sys
+import threading
+import warnings
+from contextlib import contextmanager
 from pathlib import Path
 
 import click
 
-from .errors import GenlabError
+from .errors import GenlabError, GenlabWarning, describe
+from .models import MAX_SEED
 
 MAX_SAMPLES = 4096
+DEBUG_VAR = "GENLAB_DEBUG"
+SEED = click.IntRange(0, MAX_SEED)
 
 
 def _parse_options(pairs) -> dict:
@@ -28,15 +35,65 @@ def _parse_options(pairs) -> dict:
 
 
 def _writable_file(path: str, suffixes: tuple[str, ...]) -> Path:
+    if not path.strip():
+        raise GenlabError(f"--output is empty: give a file name ending in {' or '.join(suffixes)}, e.g. samples.png")
     out = Path(path).expanduser()
     if out.suffix.lower() not in suffixes:
         raise GenlabError(f"output {out} must end in {' or '.join(suffixes)}")
     parent = out.parent if str(out.parent) else Path(".")
+    if out.is_dir():
+        raise GenlabError(f"cannot write {out}: it is a folder; give a file name such as samples.png")
     if not parent.is_dir():
         raise GenlabError(f"cannot write {out}: folder {parent} does not exist")
     if not os.access(parent, os.W_OK) or (out.exists() and not os.access(out, os.W_OK)):
         raise GenlabError(f"cannot write {out}: permission denied; choose another --output")
     return out
+
+
+MAX_GRID_PIXELS = 8192 * 8192
+
+
+def _check_grid_size(count: int, size: tuple, scale: int) -> None:
+    """Refuse a sample grid that would take gigabytes (4096 images at --scale 16 is 30,000 pixels a side)."""
+    import math
+
+    height, width = size
+    columns = max(1, math.ceil(math.sqrt(count)))
+    rows = math.ceil(count / columns)
+    grid_w, grid_h = ((width + 2) * columns + 2) * scale, ((height + 2) * rows + 2) * scale
+    if grid_w * grid_h > MAX_GRID_PIXELS:
+        raise GenlabError(f"a grid of {count} images at --scale {scale} would be {grid_w:,}x{grid_h:,} pixels, more "
+                          f"than the {MAX_GRID_PIXELS:,} allowed: lower --count or --scale")
+
+
+def _save_image(image, out: Path) -> None:
+    """Write a PNG whole or not at all; a failure (read-only disk, full disk) is one sentence."""
+    tmp = out.with_name(f".{out.name}.{os.getpid()}.tmp")
+    try:
+        image.save(tmp, format="PNG")
+        os.replace(tmp, out)
+    except OSError as exc:
+        raise GenlabError(f"cannot write {out}: {exc.strerror or exc}; choose another --output") from None
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+@contextmanager
+def _sigterm_as_interrupt():
+    """SIGTERM (a scheduler, `kill`, a closing terminal) stops a command as Ctrl-C does: with its
+    resume message rather than a silent death."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def interrupt(signum, frame):
+        raise KeyboardInterrupt
+
+    previous = signal.signal(signal.SIGTERM, interrupt)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -94,7 +151,7 @@ def train(config, run_dir, steps, max_minutes, dataset):
 
     cfg = load_config(config, steps=steps, max_minutes=max_minutes, dataset=dataset)
     run_dir = Path(run_dir or Path("runs") / Path(config).stem)
-    final = run_training(cfg, run_dir)
+    final = run_training(cfg, run_dir, source=config)
     meta = json.loads((final / "metadata.json").read_text())
     click.echo(
         f"{meta['stop_reason']} at step {meta['steps']}/{meta['target_steps']} in "
@@ -104,21 +161,30 @@ def train(config, run_dir, steps, max_minutes, dataset):
 
 @cli.command("train-classifier")
 @click.option("--epochs", type=click.IntRange(1, 1000), default=12, show_default=True)
-@click.option("--seed", type=int, default=0, show_default=True)
-@click.option("--out", type=click.Path(file_okay=False), help="Folder for the weights (default: the bundled one).")
-def train_classifier_cmd(epochs, seed, out):
-    """Train the MNIST classifier whose features the evals use for FID/KID."""
+@click.option("--seed", type=SEED, default=0, show_default=True)
+@click.option("--out", type=click.Path(file_okay=False),
+              help="Folder for the weights (default runs/mnist-classifier).")
+@click.option("--replace-bundled", is_flag=True,
+              help="Replace the bundled classifier that every FID/KID (and the committed reports) use.")
+def train_classifier_cmd(epochs, seed, out, replace_bundled):
+    """Train the MNIST classifier whose features the evals use for FID/KID.
+
+    The bundled classifier is left alone unless --replace-bundled is given: FIDs measured with
+    another classifier are not comparable with the committed reports."""
     from .features import CLASSIFIER_WEIGHTS, train_classifier
 
-    meta = train_classifier(out or CLASSIFIER_WEIGHTS, epochs=epochs, seed=seed)
-    click.echo(f"held-out accuracy {meta['heldout_accuracy']:.2%}; weights: {out or CLASSIFIER_WEIGHTS}")
+    if out and replace_bundled:
+        raise GenlabError("give either --out FOLDER or --replace-bundled, not both")
+    target = CLASSIFIER_WEIGHTS if replace_bundled else Path(out or Path("runs") / "mnist-classifier")
+    meta = train_classifier(target, epochs=epochs, seed=seed)
+    click.echo(f"held-out accuracy {meta['heldout_accuracy']:.2%}; weights: {target}")
 
 
 @cli.command()
 @click.option("--model", "-m", "model_id", required=True, help="Model id (see `genlab plugins`).")
 @click.option("--weights", "-w", help="Checkpoint folder or Hub repo id (default: the model's bundled weights).")
 @click.option("--count", "-n", type=click.IntRange(1, MAX_SAMPLES), default=64, show_default=True)
-@click.option("--seed", "-s", type=int, default=0, show_default=True)
+@click.option("--seed", "-s", type=SEED, default=0, show_default=True)
 @click.option("--option", "-o", "option_pairs", multiple=True, help="Model option NAME=VALUE (repeatable).")
 @click.option("--output", default="samples.png", show_default=True, help="PNG file for the grid.")
 @click.option("--scale", type=click.IntRange(1, 16), default=2, show_default=True, help="Pixel enlargement.")
@@ -126,14 +192,22 @@ def sample(model_id, weights, count, seed, option_pairs, output, scale):
     """Draw seeded samples from a model and write them as a PNG grid."""
     from .images import grid
     from .models import Capability
-    from .registry import get_model
+    from .registry import get_model, guard
 
     out = _writable_file(output, (".png",))
     model = get_model(model_id, weights=weights)
     model.require(Capability.SAMPLE)
-    options = model.parse_options(_parse_options(option_pairs))
-    result = model.sample(count, seed=seed, options=options)
-    grid(result.images, scale=scale).save(out)
+    with guard(model.model_id, "parse its options"):
+        options = model.parse_options(_parse_options(option_pairs))
+    with guard(model.model_id, "load"):
+        shape = model.image_shape()
+    if shape is not None:  # before sampling: a grid too large to write is known in advance
+        _check_grid_size(count, shape[1:], scale)
+    with guard(model.model_id, "sample"):
+        result = model.sample(count, seed=seed, options=options)
+        _check_grid_size(count, tuple(result.images.shape[2:]), scale)
+        image = grid(result.images, scale=scale)  # what the model returned must be images
+    _save_image(image, out)
     click.echo(f"{count} samples from {model_id} ({result.nfe} NFE, {result.seconds:.2f}s) -> {out}")
 
 
@@ -142,7 +216,7 @@ def sample(model_id, weights, count, seed, option_pairs, output, scale):
 @click.option("--models", help="Comma-separated model ids (default: every model that can sample).")
 @click.option("--dataset", default="mnist-5k", show_default=True)
 @click.option("--num-samples", "-n", type=click.IntRange(2, 100_000), default=1000, show_default=True)
-@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--seed", type=SEED, default=0, show_default=True)
 @click.option("--repeats", type=click.IntRange(1, 20), default=1, show_default=True,
               help="Sample sets per model (seeds seed, seed+1, ...); quality is reported as mean ± std.")
 @click.option("--feature-extractor", default="mnist-classifier", show_default=True)
@@ -157,18 +231,27 @@ def eval_cmd(suite, models, dataset, num_samples, seed, repeats, feature_extract
     if suite:
         config = load_suite(suite)
     else:
+        ids = None if models is None else [m.strip() for m in models.split(",") if m.strip()]
+        if ids == []:
+            raise GenlabError(f"--models {models!r} names no model: give comma-separated model ids, or leave "
+                              "--models out to evaluate every model that can sample")
         config = EvalConfig(
-            models=[m.strip() for m in models.split(",") if m.strip()] if models else None,
-            dataset=dataset, num_samples=num_samples, seed=seed, repeats=repeats,
+            models=ids, dataset=dataset, num_samples=num_samples, seed=seed, repeats=repeats,
             feature_extractor=feature_extractor,
         )
     folder = out or default_run_dir(config)
     try:
-        report = run_eval(config, out_dir=folder)
+        with _sigterm_as_interrupt():
+            report = run_eval(config, out_dir=folder)
     except KeyboardInterrupt:
         raise KeyboardInterrupt(f"eval interrupted; finished shards are kept in {folder}: "
                                 "run the same command again to resume") from None
     click.echo(f"report: {report}")
+    failed = json.loads((Path(report).parent / "metrics.json").read_text()).get("failed_models", [])
+    if failed:
+        names = "; ".join(f"{f['model']} ({f['reason']})" for f in failed)
+        raise GenlabError(f"{len(failed)} model(s) failed and are marked so in the report, the others were "
+                          f"measured: {names}")
 
 
 @cli.command()
@@ -181,7 +264,26 @@ def demo(host, port):
     launch(build_app(), host=host, port=port, block=True)
 
 
+def _show_warning(message, category, filename, lineno, file=None, line=None):
+    """genlab's own warnings (files skipped...) as one line each; others as Python prints them."""
+    if issubclass(category, GenlabWarning):
+        click.echo(f"Warning: {message}", err=True)
+    else:
+        _python_showwarning(message, category, filename, lineno, file, line)
+
+
+_python_showwarning = warnings.showwarning
+
+
 def main(argv=None):
+    warnings.showwarning = _show_warning
+    try:
+        _main(argv)
+    finally:
+        warnings.showwarning = _python_showwarning
+
+
+def _main(argv=None):
     try:
         cli.main(args=argv, prog_name="genlab", standalone_mode=False)
     except click.exceptions.Abort as exc:  # click turns Ctrl-C into Abort; keep our message
@@ -197,6 +299,12 @@ def main(argv=None):
     except KeyboardInterrupt as exc:
         click.echo(f"Stopped: {exc}" if str(exc) else "Stopped.", err=True)
         sys.exit(130)
+    except Exception as exc:  # the safety net: a bug, not a user mistake, still gets one line
+        if os.environ.get(DEBUG_VAR):
+            raise
+        click.echo(f"Error: unexpected {describe(exc)} (a bug in genlab or a plugin; set {DEBUG_VAR}=1 "
+                   "to see the traceback)", err=True)
+        sys.exit(1)
 
 
 if __name__ == "__main__":

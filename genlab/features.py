@@ -81,17 +81,27 @@ def classify(images) -> "torch.Tensor":  # noqa: F821
         return load_classifier()(images.float()).argmax(1)
 
 
-def train_classifier(out_dir: str | Path = CLASSIFIER_WEIGHTS, *, epochs: int = 12, seed: int = 0,
-                     dataset: str = "mnist-5k") -> dict:
-    """Train the classifier on the train split (random shifts as augmentation); report held-out accuracy."""
+def train_classifier(out_dir: str | Path, *, epochs: int = 12, seed: int = 0, dataset: str = "mnist-5k") -> dict:
+    """Train the classifier on the train split (random shifts as augmentation); report held-out accuracy.
+
+    The weights replace ``out_dir`` atomically once training is done; the bundled classifier every
+    committed FID was measured with is replaced only when ``out_dir`` is ``CLASSIFIER_WEIGHTS``
+    (``genlab train-classifier --replace-bundled``)."""
     import time
 
     import torch
     from torch.nn import functional as F
     from tqdm.auto import tqdm
 
+    from .atomic import atomic_dir, check_writable_dir
     from .datasets import load_dataset, to_unit
+    from .models import check_seed
 
+    check_seed(seed)
+    out_dir = check_writable_dir(Path(out_dir), "--out")  # before the training, not after it
+    if out_dir.is_dir() and any(out_dir.iterdir()) and not (out_dir / "config.json").is_file():
+        raise GenlabError(f"{out_dir} holds other files and the classifier replaces its folder whole: "
+                          "give a new folder with --out")
     torch.manual_seed(seed)
     train, heldout = load_dataset(dataset, "train", seed=seed), load_dataset(dataset, "heldout", seed=seed)
     net = _classifier_class()()
@@ -113,17 +123,21 @@ def train_classifier(out_dir: str | Path = CLASSIFIER_WEIGHTS, *, epochs: int = 
     net.eval()
     with torch.inference_mode():
         accuracy = float((net(to_unit(heldout.images)).argmax(1) == heldout.labels).float().mean())
-    out_dir = Path(out_dir)
-    net.save_pretrained(out_dir)
     from .training import code_version
 
+    where = "--replace-bundled" if out_dir.resolve() == CLASSIFIER_WEIGHTS.resolve() else f"--out {out_dir}"
     metadata = {
         "dataset": dataset, "split_seed": seed, "epochs": epochs, "train_images": len(train),
         "heldout_images": len(heldout), "heldout_accuracy": round(accuracy, 4),
         "wall_seconds": round(time.perf_counter() - start, 1), "code_version": code_version(),
-        "command": f"genlab train-classifier --epochs {epochs} --seed {seed}",
+        "command": f"genlab train-classifier --epochs {epochs} --seed {seed} {where}",
     }
-    (out_dir / "metadata.json").write_text(json.dumps(metadata, indent=2))
+    try:
+        with atomic_dir(out_dir) as tmp:
+            net.save_pretrained(tmp)
+            (tmp / "metadata.json").write_text(json.dumps(metadata, indent=2))
+    except OSError as exc:
+        raise GenlabError(f"cannot write {out_dir}: {exc.strerror or exc}; choose another --out") from None
     load_classifier.cache_clear()
     return metadata
 
