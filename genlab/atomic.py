@@ -114,7 +114,9 @@ def signals_deferred(message: str = "saving; it stops as soon as the save is com
             os.write(2, f"\n{signal.Signals(signum).name} received while {message}\n".encode())
         received.append(signum)
 
-    previous = {s: signal.signal(s, note) for s in (signal.SIGINT, signal.SIGTERM)}
+    # a signal the process ignores (SIGINT of a background job) stays ignored
+    previous = {s: signal.signal(s, note) for s in (signal.SIGINT, signal.SIGTERM)
+                if signal.getsignal(s) is not signal.SIG_IGN}
     try:
         yield received
     finally:

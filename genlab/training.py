@@ -266,8 +266,9 @@ def _prepare_run_folder(run_dir: Path, config: TrainConfig) -> None:
     write_text(saved_config, json.dumps(config.model_dump(), indent=2))
 
 
-class _StopRequested(Exception):
-    pass
+class _StopRequested(BaseException):
+    """SIGTERM in the loop. A BaseException, as KeyboardInterrupt is, so that no ``except Exception``
+    on the way (a plugin's, or ``registry.guard`` around model code) mistakes it for an error."""
 
 
 def _shape(shape) -> str:
