@@ -42,6 +42,11 @@ def _build() -> Registry:
         if model_id in reg.models or model_id in reg.aliases:
             first = reg.plugin_of.get(reg.aliases.get(model_id, model_id))
             return clash("model id", model_id, first)
+        try:  # what `genlab plugins`, the app and the eval read from every class
+            model_class.describe()
+        except Exception as exc:
+            return plugins.record_failure(current_plugin, f"model {model_id!r} was not registered: describe() "
+                                                          f"raised {describe(exc)}; check its family and capabilities")
         reg.models[model_id] = model_class
         reg.plugin_of[model_id] = current_plugin
         for alias in aliases:

@@ -176,7 +176,16 @@ def write_report(result: dict, out: Path) -> Path:
     env.filters["cell"] = lambda text: text  # kept for templates: every value is escaped by finalize
     env.filters["path"] = lambda path: Markup(path)  # genlab's own image paths (made of slugs)
     env.filters["pm"] = lambda spread: f" ± {fmt(spread, 2)}" if spread is not None else ""
-    charts_made = {k: Markup(v) for k, v in charts(result, out).items()}
+    env.filters["pct"] = lambda share: "n/a" if share is None else f"{100 * share:.1f}%"
+    try:
+        charts_made = {k: Markup(v) for k, v in charts(result, out).items()}
+    except Exception as exc:  # a plugin's odd numbers must not cost the report
+        import warnings
+
+        from genlab.errors import GenlabWarning, describe
+
+        charts_made = {}
+        warnings.warn(GenlabWarning(f"the report's charts could not be drawn ({describe(exc)})"), stacklevel=2)
     markdown = env.get_template("report.md.j2").render(r=result, charts=charts_made)
     path = out / "report.md"
     write_text(path, markdown)

@@ -220,8 +220,11 @@ def sample_shards(model, entry: ModelEntry, n: int, seed: int, batch_size: int, 
         count = min(batch_size, n - start)
         shard = folder / f"shard-{index:05d}.safetensors"
         if shard.is_file():
-            with safe_open(str(shard), "pt") as f:
-                images, meta = f.get_tensor("images"), f.metadata()
+            try:
+                with safe_open(str(shard), "pt") as f:
+                    images, meta = f.get_tensor("images"), f.metadata()
+            except Exception:  # damaged on disk: drawn again
+                images = ()
             if len(images) == count:
                 chunks.append(images)
                 seconds += float(meta["seconds"])
@@ -326,8 +329,11 @@ class _Run:
         was stored by code that writes results of the same shape (``CACHE_VERSION``)."""
         path = self.out / "cache" / f"{kind}-{digest(key)}.json"
         if path.is_file():
-            value = json.loads(path.read_text())
-            if value.get("cache_version", 1) == CACHE_VERSION:
+            try:
+                value = json.loads(path.read_text())
+            except (OSError, ValueError):  # damaged on disk: measured again
+                value = {}
+            if isinstance(value, dict) and value.get("cache_version", 1) == CACHE_VERSION:
                 self.shards["results"] += 1
                 return value
         value = compute() | {"cache_version": CACHE_VERSION}
@@ -352,6 +358,10 @@ def _sharpness(images) -> float:
     from .measures import sharpness
 
     return sharpness(images)
+
+
+def _is_number(value) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
 
 
 def _interpolation(model, run: _Run, entry: ModelEntry, strip_path: Path) -> dict:
@@ -492,7 +502,11 @@ def _measure_model(model, entry: ModelEntry, run: _Run, measured: dict) -> dict:
             subset = run.heldout.images[: config.likelihood_images]
             try:
                 with guard(entry.id, "compute bits_per_dim"):
-                    measured[key] = model.bits_per_dim(subset, seed=config.seed, **entry.likelihood)
+                    value = model.bits_per_dim(subset, seed=config.seed, **entry.likelihood)
+                if not isinstance(value, dict) or not _is_number(value.get("bpd")):
+                    raise GenlabError(f"bits_per_dim of model {entry.id} returned {type(value).__name__}, not a "
+                                      "dict with a numeric 'bpd'")
+                measured[key] = {"method": "n/a", "images": len(subset), **value}
             except GenlabError as exc:  # the plugin's own reason, or its bug: the rest of the row stands
                 measured[key] = {"unavailable": str(exc)}
         row["likelihood"] = measured[key]
@@ -519,8 +533,14 @@ def _measure_model(model, entry: ModelEntry, run: _Run, measured: dict) -> dict:
         row["interpolation"] = measured[key]
     if model.can(Capability.PROMPT):
         with guard(entry.id, "follow prompts"):
-            row["prompts"] = model.prompt_metrics(per_prompt=config.prompt_samples, seed=config.seed,
-                                                  options=entry.options)
+            prompts = model.prompt_metrics(per_prompt=config.prompt_samples, seed=config.seed,
+                                           options=entry.options)
+        if not isinstance(prompts, dict) or not _is_number(prompts.get("prompt_accuracy")):
+            raise GenlabError(f"prompt_metrics of model {entry.id} returned no numeric 'prompt_accuracy'")
+        # what the report's table reads, whatever a plugin leaves out
+        row["prompts"] = {"options": entry.options, "samples": None, "attention": None, **prompts,
+                          "attribute_accuracy": {"thickness": None, "slant": None,
+                                                 **(prompts.get("attribute_accuracy") or {})}}
     return row
 
 
@@ -676,7 +696,16 @@ def run_eval(config: EvalConfig, out_dir: str | Path | None = None) -> Path:
     }
     from .claims import seed_claims
 
-    result["claims"] = seed_claims(result)
+    try:
+        result["claims"] = seed_claims(result)
+    except Exception as exc:  # rows from a plugin the claims did not expect: the report still comes
+        import warnings
+
+        from genlab.errors import GenlabWarning
+
+        result["claims"] = []
+        warnings.warn(GenlabWarning(f"the seed texts' claims could not be judged ({describe(exc)}); "
+                                    "the report has every other section"), stacklevel=2)
     if run.shards["reused"] or run.shards["results"]:
         tqdm.write(f"resumed: {run.shards['results']} finished results and {run.shards['reused']} sample "
                    f"shards were read from {out}; {run.shards['made']} shards were drawn now")
