@@ -261,6 +261,38 @@ def test_a_clashing_id_keeps_the_built_in_model_and_names_both_plugins(fake_entr
                                   "'clash'; kept the first"}
 
 
+def test_a_malformed_model_class_is_recorded_and_its_siblings_register(clean_registry, monkeypatch):
+    import types
+
+    class NoCapabilities(genlab.Model):
+        model_id = "odd"
+        family = "test"
+        capabilities = frozenset({"levitate"})  # not a Capability: describe() fails
+
+    class Fine(genlab.Model):
+        model_id = "fine"
+        family = "test"
+
+    module = types.ModuleType("mixed")
+
+    @genlab.hookimpl
+    def register_models(register):
+        register(NoCapabilities)
+        register(Fine)
+        register("not a class")
+
+    module.register_models = register_models
+    monkeypatch.setenv("GENLAB_PLUGINS", "")
+    plugins.load_plugins()
+    plugins.pm.register(module, name="mixed")
+    assert list(genlab.get_models()) == ["fine"]
+    assert [f.reason for f in genlab.plugin_failures()] == [
+        "model 'odd' was not registered: describe() raised AttributeError: 'str' object has no attribute 'value'; "
+        "check its family and capabilities",
+        "register_models raised GenlabError: register_models was given 'not a class', which is not a genlab.Model "
+        "subclass"]
+
+
 def test_a_model_failing_at_run_time_is_one_line_naming_it(fake_entry_points, capsys, tmp_path):
     fake_entry_points({"broken": "genlab_example.broken_runtime"})
     code, out, err = run(capsys, "sample", "-m", "buggy", "--output", str(tmp_path / "x.png"))
