@@ -31,7 +31,12 @@ def test_eval_end_to_end_on_digits(tmp_path, tiny_vae_dir, with_example_plugin):
     assert vae["reconstruction"]["psnr"] > 0 and 0 < vae["reconstruction"]["ssim"] <= 1
     assert "likelihood" not in noise and "reconstruction" not in noise
     # uniform noise is the worst thing a model can do; the real data floor is the best
-    assert metrics["real_data_floor"]["fid"] < noise["fid"]
+    floor = metrics["real_data_floor"]
+    assert floor["eq_fid"] < vae["eq_fid"] < noise["eq_fid"] and floor["fid_inf"] < noise["fid_inf"]
+    # the floor and every row are compared at the same N: the held-out split's size (180 digits) caps it
+    assert floor["num_images"] == vae["equal_n"] == noise["equal_n"] == 60
+    for row in (vae, noise):
+        assert 0 <= row["eq_coverage"] <= 1 and row["eq_density"] >= 0 and row["density"] >= 0
     assert vae["parameters"] > 0 and vae["training"]["steps"] == 40
     assert metrics["best_by_family"]["vae"]["model"] == "vae"
     assert metrics["best_by_family"]["baseline"]["fid"] == noise["fid"]
@@ -168,10 +173,10 @@ def test_an_interrupted_eval_resumes_without_redoing_shards_and_matches_an_unint
     run_eval(config, out_dir=tmp_path / "resumed")
     assert len(batches) == 2  # only the two missing shards were sampled again
     resumed = json.loads((tmp_path / "resumed" / "metrics.json").read_text())
-    for key in ("fid", "kid", "precision", "recall", "inception_score"):
+    for key in ("fid", "kid", "precision", "recall", "inception_score", "eq_fid", "fid_inf", "coverage"):
         assert resumed["models"][0][key] == pytest.approx(whole["models"][0][key], rel=1e-9), key
         assert resumed["models"][0]["spread"][key] == pytest.approx(whole["models"][0]["spread"][key], rel=1e-9)
-    assert resumed["real_data_floor"]["fid"] == whole["real_data_floor"]["fid"]
+    assert resumed["real_data_floor"]["eq_fid"] == whole["real_data_floor"]["eq_fid"]
     assert len(whole["models"][0]["runs"]) == 2 and whole["seeds"] == [0, 1]
     assert whole["models"][0]["spread"]["fid"] > 0  # two seeds, two different FIDs
 

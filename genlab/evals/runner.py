@@ -87,65 +87,32 @@ def load_suite(path: str | Path) -> EvalConfig:
         raise GenlabError(f"{path}: invalid {'.'.join(map(str, err['loc']))}: {err['msg']}") from None
 
 
-# ----- torch-fidelity plumbing -----------------------------------------------------------------
-def fidelity_metrics(generated, reference, extractor: str, *, seed: int = 0, reference_cache: Path | None = None) -> dict:
-    """FID, KID (and IS, precision/recall where the extractor provides them) of two uint8 image sets.
+# ----- quality --------------------------------------------------------------------------------
+def fidelity_metrics(generated, reference, extractor: str, *, seed: int = 0) -> dict:
+    """FID, KID, precision/recall, density/coverage (and IS where the extractor gives logits) of two
+    uint8 image sets, each featurized once (see ``quality``)."""
+    from .quality import extract_features, quality_from_features
 
-    ``reference_cache``: a folder where torch-fidelity keeps the reference set's features, so the
-    same reference is featurized once per run rather than once per model (and survives a resume).
-    """
-    import torch
-    import torch_fidelity
-    from torch_fidelity.registry import FEATURE_EXTRACTORS_REGISTRY
-
-    from genlab.registry import get_feature_extractor
-
-    spec = get_feature_extractor(extractor)
-    name = f"genlab-{extractor}"
-    if name not in FEATURE_EXTRACTORS_REGISTRY:
-        torch_fidelity.register_feature_extractor(name, spec.load())
-    cls = FEATURE_EXTRACTORS_REGISTRY[name]
-    with_isc = "logits" in cls.get_provided_features_list()
-
-    class Images(torch.utils.data.Dataset):  # torch-fidelity takes a Dataset of uint8 [C, H, W]
-        def __init__(self, images):
-            self.images = images
-
-        def __len__(self):
-            return len(self.images)
-
-        def __getitem__(self, i):
-            return self.images[i]
-
-    n = min(len(generated), len(reference))
-    cache = {}
-    if reference_cache is not None:
-        cache = {"cache": True, "cache_root": str(reference_cache), "input2_cache_name": reference_cache.name}
-    torch.manual_seed(seed)
-    metrics = torch_fidelity.calculate_metrics(
-        input1=Images(generated), input2=Images(reference),
-        feature_extractor=name, fid=True, kid=True, isc=with_isc, prc=True,
-        # subsets smaller than N, or every subset is the whole set and the spread says nothing
-        kid_subset_size=min(1000, max(2, n // 2)), kid_subsets=100, isc_splits=min(10, max(1, n // 50)),
-        cuda=torch.cuda.is_available(), batch_size=250, save_cpu_ram=True,
-        verbose=False, rng_seed=seed, **({"cache": False} | cache),
-    )
-    renamed = {
-        "fid": metrics["frechet_inception_distance"],
-        "kid": metrics["kernel_inception_distance_mean"],
-        "kid_std": metrics["kernel_inception_distance_std"],
-        "precision": metrics.get("precision"),
-        "recall": metrics.get("recall"),
-    }
-    if with_isc:
-        renamed["inception_score"] = metrics["inception_score_mean"]
-    return {k: (None if v is None else float(v)) for k, v in renamed.items()}
+    feature, logits = feature_layers(extractor)
+    return quality_from_features(extract_features(generated, extractor), extract_features(reference, extractor),
+                                 seed=seed, feature=feature, logits=logits)
 
 
-QUALITY = ("fid", "kid", "inception_score", "precision", "recall")
+def feature_layers(extractor: str) -> tuple[str, str | None]:
+    """(the feature layer FID/KID/PR use, the logits layer for IS or None) of a registered extractor."""
+    from .quality import _extractor
+
+    _, net = _extractor(extractor)
+    provided = net.get_provided_features_list()
+    return net.get_default_feature_layer_for_metric("fid"), ("logits" if "logits" in provided else None)
+
+
+# per seed: every metric at N; at the floor's N (prefix eq_); FID extrapolated to N = infinity
+QUALITY = ("fid", "kid", "inception_score", "precision", "recall", "density", "coverage", "fid_inf",
+           "eq_fid", "eq_kid", "eq_precision", "eq_recall", "eq_density", "eq_coverage")
 # bump when what a cached floor or row holds changes: older cached results are then measured again
 # (sample shards are kept: they depend only on the model, its weights, options, N, batch and seed)
-CACHE_VERSION = 1
+CACHE_VERSION = 2
 
 
 def mean_and_spread(runs: list[dict]) -> dict:
@@ -225,14 +192,18 @@ def _latency(model, entry: ModelEntry, seed: int, repeats: int = 5) -> float:
 
 
 def best_by_family(rows: list[dict]) -> dict:
-    """Per family, the row with the lowest FID and its speed: "how fast is each family at its best"."""
+    """Per family, the row with the lowest FID (at the floor's N) and its speed: "how fast is each
+    family at its best"."""
+    from .claims import fid_of
+
     best: dict = {}
     for row in rows:
-        if row.get("fid") is None:
+        if fid_of(row) is None:
             continue
         current = best.get(row["family"])
-        if current is None or row["fid"] < current["fid"]:
+        if current is None or fid_of(row) < current["eq_fid"]:
             best[row["family"]] = {k: row.get(k) for k in ("model", "fid", "nfe", "images_per_second", "latency_ms")}
+            best[row["family"]]["eq_fid"] = fid_of(row)
     return best
 
 
@@ -283,17 +254,37 @@ class _Run:
             order = torch.randperm(len(self.train), generator=torch.Generator().manual_seed(seed))
             self.references[seed] = self.train.images[order[:n]]
 
-    def reference_cache(self, seed: int, extractor: str) -> Path:
-        c = self.config
-        return self.out / "cache" / f"reference-{c.dataset}-split{c.split_seed}-{c.num_samples}-{seed}-{extractor}"
+    @property
+    def equal_n(self) -> int:
+        """The N at which every row is compared with the floor: as many images as the held-out split has."""
+        return min(self.config.num_samples, len(self.heldout))
 
-    def quality(self, images_by_seed: dict) -> dict:
-        """Quality metrics per extractor, mean and spread over seeds."""
+    def quality(self, images_by_seed: dict, *, floor: bool = False) -> dict:
+        """Quality metrics per extractor, mean and spread over seeds.
+
+        Per seed: every metric on all N images against the seed's N reference images (models only);
+        the same at the floor's N (the first ``equal_n`` images of both sets, prefix ``eq_``), so
+        that rows and the floor are compared at equal N; and FID∞ from subsets of 100 to ``equal_n``.
+        """
+        from .quality import extract_features, fid_infinity, quality_from_features
+
+        n = self.equal_n
         out = {}
         for extractor in self.extractors:
-            runs = [fidelity_metrics(images_by_seed[s], self.references[s], extractor, seed=s,
-                                     reference_cache=self.reference_cache(s, extractor)) for s in self.seeds]
-            out[extractor] = mean_and_spread(runs)
+            feature, logits = feature_layers(extractor)
+            runs = []
+            for s in self.seeds:
+                reference = extract_features(self.references[s], extractor)
+                generated = extract_features(images_by_seed[s], extractor)
+                run = {} if floor else quality_from_features(generated, reference, seed=s, feature=feature,
+                                                             logits=logits)
+                at_n = quality_from_features({k: v[:n] for k, v in generated.items()},
+                                             {k: v[:n] for k, v in reference.items()}, seed=s, feature=feature)
+                run.update({f"eq_{k}": v for k, v in at_n.items() if k != "kid_subset_std"})
+                infinity = fid_infinity(generated[feature], reference[feature], n_max=n, seed=s)
+                run.update(fid_inf=infinity["fid_inf"], fid_inf_slope=infinity["slope"])
+                runs.append(run)
+            out[extractor] = mean_and_spread(runs) | {"equal_n": n}
         return out
 
     def cached(self, kind: str, key, compute):
@@ -312,12 +303,12 @@ class _Run:
 
 
 def _floor(run: _Run) -> dict:
-    """The real-data floor: held-out real digits against each seed's reference, same extractors."""
-    n = run.config.num_samples
-    images = {s: run.heldout.images[:n] for s in run.seeds}
-    quality = run.quality(images)
+    """The real-data floor: held-out real digits against each seed's reference, same extractors, at
+    the held-out split's size (``equal_n``), where the models are compared with it."""
+    n = run.equal_n
+    quality = run.quality({s: run.heldout.images[:n] for s in run.seeds}, floor=True)
     floor = dict(quality[run.config.feature_extractor])
-    floor["num_images"] = min(n, len(run.heldout))
+    floor["num_images"] = n
     floor["extractors"] = {k: {m: v[m] for m in QUALITY if m in v} | {"spread": v["spread"]} for k, v in quality.items()}
     floor["sharpness"] = _sharpness(run.heldout.images[:n])
     return floor
@@ -555,6 +546,7 @@ def run_eval(config: EvalConfig, out_dir: str | Path | None = None) -> Path:
         "reference": f"{config.num_samples} training images of {config.dataset} drawn with each seed",
         "feature_extractor": config.feature_extractor,
         "extractors": run.extractors,
+        "extractor_descriptions": {e: get_feature_extractor(e).description for e in run.extractors},
         "seed": config.seed,
         "config": config.model_dump(),
         "config_hash": digest(config.model_dump()),
