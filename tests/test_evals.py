@@ -183,3 +183,23 @@ def test_an_interrupted_eval_resumes_without_redoing_shards_and_matches_an_unint
     batches.clear()
     run_eval(config, out_dir=tmp_path / "resumed")  # a finished run is read back, not redone
     assert batches == []
+
+
+def test_training_snapshots_become_a_quality_against_compute_curve(tmp_path, fake_entry_points):
+    from genlab.training import TrainConfig, train
+
+    fake_entry_points({"vae": "genlab_vae"})
+    network = {"image_size": 8, "latent_dim": 2, "channels": [4, 8], "hidden": 16}
+    train(TrainConfig(model="vae", dataset="digits", steps=4, batch_size=16, seed=0, checkpoint_every=4,
+                      snapshot_every_cpu_minutes=1e-6, network=network), tmp_path / "vae-run", progress=False)
+    config = EvalConfig(dataset="digits", num_samples=30, batch_size=30, likelihood_images=10, interpolation_pairs=0,
+                        models=[{"id": "vae", "weights": str(tmp_path / "vae-run" / "final")}],
+                        curves=[{"id": "vae", "run": str(tmp_path / "vae-run"), "extra_cpu_seconds": 100},
+                                {"id": "vae", "label": "missing", "run": str(tmp_path / "nowhere")}])
+    report = run_eval(config, out_dir=tmp_path / "run")
+    curve, missing = json.loads((tmp_path / "run" / "metrics.json").read_text())["curves"]
+    assert [p["step"] for p in curve["points"]] == [1, 2, 3, 4] and curve["family"] == "vae"
+    assert all(p["cpu_seconds"] >= 100 and p["fid"] > 0 for p in curve["points"])  # offset by extra_cpu_seconds
+    assert "no snapshots in" in missing["unavailable"]
+    assert (tmp_path / "run" / "images" / "fid_vs_compute.png").is_file()
+    assert "### Quality against training compute" in report.read_text()

@@ -93,6 +93,19 @@ def charts(result: dict, out: Path) -> dict:
         ax.set_xlabel("images per second (this machine)")
         ax.set_ylabel(f"FID, N={n} (lower is better)")
         made["quality_vs_speed"] = save(fig, "quality_vs_speed")
+    curves = [c for c in result.get("curves", []) if c.get("points")]
+    if curves:
+        fig, ax = plt.subplots(figsize=(5.5, 3.6), dpi=110)
+        for c in curves:
+            ax.plot([p["cpu_seconds"] for p in c["points"]], [p["fid"] for p in c["points"]], marker="o",
+                    markersize=3, label=f"{c['label']} ({c['family']})")
+        ax.axhline(fid_of(floor), color="gray", linestyle="--", label="real data floor")
+        ax.set_xscale("log")
+        ax.set_yscale("log")
+        ax.set_xlabel("training compute (CPU-seconds, this machine)")
+        ax.set_ylabel(f"FID ({result['feature_extractor']}, N={n})")
+        ax.legend(fontsize=8)
+        made["fid_vs_compute"] = save(fig, "fid_vs_compute")
     kl_rows = [r for r in result["models"] if (r.get("latents") or {}).get("kl_per_dim")]
     if kl_rows:
         fig, ax = plt.subplots(figsize=(5.5, 3.2), dpi=110)

@@ -39,6 +39,23 @@ class ModelEntry(BaseModel):
         return self.label or self.id
 
 
+class CurveEntry(BaseModel):
+    """Quality against training compute: a training run whose ``snapshots/`` (and ``final/``) are each
+    sampled and scored like a row, plotted as FID against the CPU-seconds of training that made them."""
+
+    model_config = ConfigDict(extra="forbid")
+    id: str
+    run: str  # the run folder (genlab train --run-dir) of a config with snapshot_every_cpu_minutes
+    label: str | None = None
+    options: dict = Field(default_factory=dict)
+    # CPU-seconds spent before this run that its model needs (the LDM's first stage)
+    extra_cpu_seconds: float = Field(0.0, ge=0)
+
+    @property
+    def name(self) -> str:
+        return self.label or self.id
+
+
 class EvalConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
@@ -60,6 +77,7 @@ class EvalConfig(BaseModel):
     prompt_samples: int = Field(20, ge=1, le=10_000)  # per prompt, for prompt and attribute accuracy
     interpolation_pairs: int = Field(8, ge=0, le=1000)  # held-out pairs per interpolating model
     interpolation_steps: int = Field(16, ge=3, le=64)
+    curves: list[CurveEntry] = Field(default_factory=list)
 
     @field_validator("models", mode="before")
     @classmethod
@@ -207,7 +225,7 @@ def best_by_family(rows: list[dict]) -> dict:
     return best
 
 
-CHART_NAMES = ("fid_vs_nfe", "quality_vs_speed", "kl_per_dim")
+CHART_NAMES = ("fid_vs_nfe", "quality_vs_speed", "kl_per_dim", "fid_vs_compute")
 
 
 def _slug(name: str) -> str:
@@ -312,6 +330,61 @@ def _floor(run: _Run) -> dict:
     floor["extractors"] = {k: {m: v[m] for m in QUALITY if m in v} | {"spread": v["spread"]} for k, v in quality.items()}
     floor["sharpness"] = _sharpness(run.heldout.images[:n])
     return floor
+
+
+def _snapshots(run_dir: Path) -> list[tuple[Path, dict]]:
+    """(weights folder, {"step", "cpu_seconds"}) of a run's snapshots and its final weights, by step."""
+    points = []
+    for folder in sorted((run_dir / "snapshots").glob("step-*")):
+        mark = folder / "snapshot.json"
+        if folder.suffix != ".tmp" and mark.is_file():
+            points.append((folder, json.loads(mark.read_text())))
+    final = run_dir / "final" / "metadata.json"
+    if final.is_file():
+        meta = json.loads(final.read_text())
+        if not points or meta["steps"] > points[-1][1]["step"]:
+            points.append((final.parent, {"step": meta["steps"], "cpu_seconds": meta["cpu_seconds"]}))
+    return points
+
+
+def _curve(run: _Run, entry: CurveEntry) -> dict:
+    """FID at the floor's N (first seed) of every snapshot of a training run, against CPU-seconds."""
+    import torch
+
+    from genlab.datasets import to_uint8
+    from genlab.registry import get_model_class
+
+    from .quality import extract_features, frechet_distance
+
+    folder = Path(entry.run).expanduser()
+    out = {"label": entry.name, "id": entry.id, "run": entry.run, "options": entry.options}
+    points = _snapshots(folder)
+    if not points:
+        return out | {"unavailable": f"no snapshots in {folder}: train a config with snapshot_every_cpu_minutes "
+                                      "into that --run-dir to draw this curve"}
+    cls = get_model_class(entry.id)
+    out["family"] = cls.family
+    n, seed, extractor = run.equal_n, run.seeds[0], run.config.feature_extractor
+    feature, _ = feature_layers(extractor)
+    reference = extract_features(run.references[seed][:n], extractor)[feature]
+    out["points"] = []
+    for weights, mark in points:
+        def measure(weights=weights):
+            model = cls(weights=weights)
+            options = model.parse_options(entry.options)
+            images = torch.cat([to_uint8(model.sample(count, seed=seed * 100_003 + i, options=options).images)
+                                for i, count in enumerate(_batches(n, run.config.batch_size))])
+            return {"fid": frechet_distance(extract_features(images, extractor)[feature], reference)}
+
+        key = [str(weights), weights_fingerprint(cls(weights=weights)), entry.options, n, seed, extractor]
+        value = run.cached(f"curve-{_slug(entry.name)}", key, measure)
+        out["points"].append({"step": mark["step"], "cpu_seconds": mark["cpu_seconds"] + entry.extra_cpu_seconds,
+                              "fid": value["fid"]})
+    return out
+
+
+def _batches(n: int, size: int) -> list[int]:
+    return [min(size, n - start) for start in range(0, n, size)]
 
 
 def _sharpness(images) -> float:
@@ -538,6 +611,7 @@ def run_eval(config: EvalConfig, out_dir: str | Path | None = None) -> Path:
         rows.append(run.cached(f"row-{_slug(entry.name)}", key,
                                lambda m=model, e=entry: _measure_model(m, e, run, measured)))
 
+    curves = [_curve(run, entry) for entry in tqdm(config.curves, desc="training curves", unit="run")]
     result = {
         "name": name,
         "dataset": config.dataset,
@@ -558,6 +632,7 @@ def run_eval(config: EvalConfig, out_dir: str | Path | None = None) -> Path:
         "real_data_floor": floor,
         "models": rows,
         "best_by_family": best_by_family(rows),
+        "curves": curves,
     }
     from .claims import seed_claims
 
