@@ -90,7 +90,11 @@ class DenoisingUNet(UNet2DModel):
             # alpha divides by ~0: start the solver where lambda = log(alpha / sigma) = -5.1, as for the
             # linear schedule, whose alpha-bar_T = 4e-5 puts it there
             clip = {"lambda_min_clipped": -5.1} if self.config.beta_schedule == "cosine" else {}
-            return DPMSolverMultistepScheduler(**base, algorithm_type="dpmsolver++", solver_order=2, **clip, **kwargs)
+            # x̂0 kept in the data range [-1, 1], as DDIM's clip_sample does (dynamic thresholding with
+            # sample_max_value 1 is a plain clip): at high noise an epsilon model's x̂0 = (x - sigma eps) / alpha
+            # magnifies its error ~1/alpha, and an unclipped x̂0 there can leave a sample as noise
+            return DPMSolverMultistepScheduler(**base, algorithm_type="dpmsolver++", solver_order=2,
+                                               thresholding=True, sample_max_value=1.0, **clip, **kwargs)
         raise ValueError(f"unknown scheduler {kind!r}")
 
     @property
