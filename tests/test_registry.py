@@ -52,7 +52,7 @@ def test_register_feature_extractors_hook_includes_bundled_ones(clean_registry, 
     monkeypatch.setenv("GENLAB_PLUGINS", "")
     assert genlab.get_feature_extractor("mnist-classifier").name == "mnist-classifier"
     assert genlab.get_feature_extractor("inception-v3-tf").name == "inception-v3-tf"
-    with pytest.raises(GenlabError, match="registered: inception-v3-tf, mnist-classifier"):
+    with pytest.raises(GenlabError, match="registered: inception-v3-tf, inception-v3-tf-clean, mnist-classifier"):
         genlab.get_feature_extractor("vgg")
 
 

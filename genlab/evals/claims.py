@@ -14,12 +14,24 @@ from math import prod
 DIFFUSION, VAE, LATENT = "diffusion", "vae", "latent-diffusion"
 
 
+def fid_of(row: dict, extractor: str | None = None) -> float | None:
+    """The FID a row is compared by: at the floor's N (``eq_fid``), or at N for results without it."""
+    if extractor is not None:
+        row = (row.get("extractors") or {}).get(extractor) or {}
+    return row.get("eq_fid", row.get("fid"))
+
+
+def fid_spread(row: dict) -> float | None:
+    spread = row.get("spread") or {}
+    return spread.get("eq_fid") if "eq_fid" in row else spread.get("fid")
+
+
 def _best(result: dict, family: str) -> dict | None:
     """The family's row at its best FID (or its first row if none sampled)."""
     rows = [r for r in result["models"] if r["family"] == family]
-    sampled = [r for r in rows if r.get("fid") is not None]
+    sampled = [r for r in rows if fid_of(r) is not None]
     if sampled:
-        return min(sampled, key=lambda r: r["fid"])
+        return min(sampled, key=fid_of)
     return rows[0] if rows else None
 
 
@@ -34,8 +46,8 @@ def _num(value, digits: int = 3) -> str:
 
 
 def _fid(row: dict) -> str:
-    spread = (row.get("spread") or {}).get("fid")
-    return f"FID {_num(row['fid'])}" + (f" ± {_num(spread, 2)}" if spread else "")
+    spread = fid_spread(row)
+    return f"FID {_num(fid_of(row))}" + (f" ± {_num(spread, 2)}" if spread else "")
 
 
 def _claim(aspect, diffusion_claim, vae_claim, measured: dict, verdict: str, why: str) -> dict:
@@ -84,7 +96,7 @@ def seed_claims(result: dict) -> list[dict]:
     # 3. sample quality
     aspect = ("Sample quality", "State-of-the-art", "Often blurry")
     floor = result["real_data_floor"]
-    if d and v and d.get("fid") is not None and v.get("fid") is not None:
+    if d and v and fid_of(d) is not None and fid_of(v) is not None:
         real_sharp = floor.get("sharpness")
 
         def quality(row):
@@ -93,28 +105,29 @@ def seed_claims(result: dict) -> list[dict]:
             return f"{_fid(row)}{rel}"
 
         measured = {DIFFUSION: quality(d), VAE: quality(v)}
-        if ld and ld.get("fid") is not None:
+        if ld and fid_of(ld) is not None:
             measured[LATENT] = quality(ld)
-        spreads = [(r.get("spread") or {}).get("fid") for r in (d, v)]
+        spreads = [fid_spread(r) for r in (d, v)]
         spread = max((x or 0) for x in spreads)
-        better = d["fid"] + 2 * spread < v["fid"]
+        better = fid_of(d) + 2 * spread < fid_of(v)
         blurry = bool(real_sharp and v.get("sharpness") and d.get("sharpness")
                       and v["sharpness"] < d["sharpness"] and v["sharpness"] < 0.9 * real_sharp)
         verdict = "held" if better and blurry else "partly held" if better or blurry else "did not hold"
-        # other feature extractors may rank the two families differently: say so
+        # other feature extractors (or the same network with another resize) may rank the two
+        # families differently: then the verdict depends on the extractor, and the row says so
         others = [e for e in result.get("extractors", [])[1:]
-                  if (d.get("extractors") or {}).get(e, {}).get("fid") is not None
-                  and (v.get("extractors") or {}).get(e, {}).get("fid") is not None]
-        disagree = [e for e in others if (d["extractors"][e]["fid"] < v["extractors"][e]["fid"]) != better]
+                  if fid_of(d, e) is not None and fid_of(v, e) is not None]
+        disagree = [e for e in others if (fid_of(d, e) < fid_of(v, e)) != (fid_of(d) < fid_of(v))]
         for e in others:
             for family, row in ((DIFFUSION, d), (VAE, v), (LATENT, ld)):
-                fid = ((row or {}).get("extractors") or {}).get(e, {}).get("fid")
+                fid = fid_of(row, e) if row else None
                 if family in measured and fid is not None:
                     measured[family] += f"; FID {_num(fid)} on {e}"
-        if disagree and verdict == "held":
-            verdict = "partly held"
+        if disagree:
+            verdict = "depends on the feature extractor"
+        floor_fid = fid_of(floor)
         why = (f"diffusion's FID is {'lower' if better else 'not clearly lower'} than the VAE's "
-               f"(floor {_num(floor['fid'])}); VAE samples are {'blurrier' if blurry else 'not blurrier'} "
+               f"(floor {_num(floor_fid)}, same N); VAE samples are {'blurrier' if blurry else 'not blurrier'} "
                "than real digits and diffusion samples (mean squared pixel differences). "
                "'State-of-the-art' is relative: these are small CPU-trained models"
                + ("" if all(x is not None for x in spreads) else "; one seed only, so no spread to judge by")
@@ -245,13 +258,12 @@ def seed_claims(result: dict) -> list[dict]:
 
     # 10. latent diffusion: best of both
     aspect_ld = ("Latent diffusion", "Best of both: diffusion quality", "at a compressed latent's speed")
-    if (ld and d and ld.get("fid") is not None and d.get("fid") is not None
+    if (ld and d and fid_of(ld) is not None and fid_of(d) is not None
             and ld.get("images_per_second") and d.get("images_per_second")):
         speedup = ld["images_per_second"] / d["images_per_second"]
         measured = {LATENT: f"{_fid(ld)}, {_num(ld['images_per_second'])} images/s ({ld['model']})",
                     DIFFUSION: f"{_fid(d)}, {_num(d['images_per_second'])} images/s ({d['model']})"}
-        as_good = ld["fid"] <= d["fid"] + 2 * max((ld.get("spread") or {}).get("fid") or 0,
-                                                   (d.get("spread") or {}).get("fid") or 0)
+        as_good = fid_of(ld) <= fid_of(d) + 2 * max(fid_spread(ld) or 0, fid_spread(d) or 0)
         verdict = "held" if as_good and speedup > 1 else "partly held" if as_good or speedup > 1 else "did not hold"
         rows.append(_claim(*aspect_ld, measured, verdict,
                            f"at its best FID latent diffusion is {speedup:.2f}x as fast as pixel diffusion at its best; "

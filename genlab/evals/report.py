@@ -73,7 +73,11 @@ def charts(result: dict, out: Path) -> dict:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    rows = [r for r in result["models"] if r.get("fid") is not None and r.get("images_per_second")]
+    from .claims import fid_of
+
+    rows = [r for r in result["models"] if fid_of(r) is not None and r.get("images_per_second")]
+    floor = result["real_data_floor"]
+    n = floor.get("num_images")
     made = {}
 
     def save(fig, name: str) -> str:
@@ -90,29 +94,42 @@ def charts(result: dict, out: Path) -> dict:
         if r.get("nfe", 0) > 1:
             # one line per model and setting; only the number of steps varies along it
             setting = ", ".join(f"{k} {v}" for k, v in r["options"].items() if k not in ("steps", "prompt"))
-            series.setdefault(f"{r['id']} ({setting})" if setting else r["id"], []).append((r["nfe"], r["fid"]))
+            series.setdefault(f"{r['id']} ({setting})" if setting else r["id"], []).append((r["nfe"], fid_of(r)))
     if series:
         fig, ax = plt.subplots(figsize=(5.5, 3.6), dpi=110)
         for label, points in sorted(series.items()):
             points.sort()
             ax.plot([p[0] for p in points], [p[1] for p in points], marker="o", label=label)
-        ax.axhline(result["real_data_floor"]["fid"], color="gray", linestyle="--", label="real data floor")
+        ax.axhline(fid_of(floor), color="gray", linestyle="--", label="real data floor")
         ax.set_xlabel("network evaluations per image (NFE)")
-        ax.set_ylabel(f"FID ({result['feature_extractor']})")
+        ax.set_ylabel(f"FID ({result['feature_extractor']}, N={n})")
         ax.set_xscale("log")
         ax.legend(fontsize=8)
         made["fid_vs_nfe"] = save(fig, "fid_vs_nfe")
     if rows:
         fig, ax = plt.subplots(figsize=(5.5, 3.6), dpi=110)
         for r in rows:
-            ax.scatter(r["images_per_second"], r["fid"])
-            ax.annotate(r["model"], (r["images_per_second"], r["fid"]), fontsize=7, xytext=(3, 3),
+            ax.scatter(r["images_per_second"], fid_of(r))
+            ax.annotate(r["model"], (r["images_per_second"], fid_of(r)), fontsize=7, xytext=(3, 3),
                         textcoords="offset points")
         ax.set_xscale("log")
         ax.set_yscale("log")
         ax.set_xlabel("images per second (this machine)")
-        ax.set_ylabel("FID (lower is better)")
+        ax.set_ylabel(f"FID, N={n} (lower is better)")
         made["quality_vs_speed"] = save(fig, "quality_vs_speed")
+    curves = [c for c in result.get("curves", []) if c.get("points")]
+    if curves:
+        fig, ax = plt.subplots(figsize=(5.5, 3.6), dpi=110)
+        for c in curves:
+            ax.plot([p["cpu_seconds"] for p in c["points"]], [p["fid"] for p in c["points"]], marker="o",
+                    markersize=3, label=f"{c['label']} ({c['family']})")
+        ax.axhline(fid_of(floor), color="gray", linestyle="--", label="real data floor")
+        ax.set_xscale("log")
+        ax.set_yscale("log")
+        ax.set_xlabel("training compute (CPU-seconds, this machine)")
+        ax.set_ylabel(f"FID ({result['feature_extractor']}, N={n})")
+        ax.legend(fontsize=8)
+        made["fid_vs_compute"] = save(fig, "fid_vs_compute")
     kl_rows = [r for r in result["models"] if (r.get("latents") or {}).get("kl_per_dim")]
     if kl_rows:
         fig, ax = plt.subplots(figsize=(5.5, 3.2), dpi=110)

@@ -40,6 +40,23 @@ class ModelEntry(BaseModel):
         return self.label or self.id
 
 
+class CurveEntry(BaseModel):
+    """Quality against training compute: a training run whose ``snapshots/`` (and ``final/``) are each
+    sampled and scored like a row, plotted as FID against the CPU-seconds of training that made them."""
+
+    model_config = ConfigDict(extra="forbid")
+    id: str
+    run: str  # the run folder (genlab train --run-dir) of a config with snapshot_every_cpu_minutes
+    label: str | None = None
+    options: dict = Field(default_factory=dict)
+    # CPU-seconds spent before this run that its model needs (the LDM's first stage)
+    extra_cpu_seconds: float = Field(0.0, ge=0)
+
+    @property
+    def name(self) -> str:
+        return self.label or self.id
+
+
 class EvalConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
@@ -61,6 +78,7 @@ class EvalConfig(BaseModel):
     prompt_samples: int = Field(20, ge=1, le=10_000)  # per prompt, for prompt and attribute accuracy
     interpolation_pairs: int = Field(8, ge=0, le=1000)  # held-out pairs per interpolating model
     interpolation_steps: int = Field(16, ge=3, le=64)
+    curves: list[CurveEntry] = Field(default_factory=list)
 
     @field_validator("models", mode="before")
     @classmethod
@@ -107,65 +125,32 @@ def load_suite(path: str | Path) -> EvalConfig:
         raise GenlabError(f"{path}: invalid {where} = {value}: {message}") from None
 
 
-# ----- torch-fidelity plumbing -----------------------------------------------------------------
-def fidelity_metrics(generated, reference, extractor: str, *, seed: int = 0, reference_cache: Path | None = None) -> dict:
-    """FID, KID (and IS, precision/recall where the extractor provides them) of two uint8 image sets.
+# ----- quality --------------------------------------------------------------------------------
+def fidelity_metrics(generated, reference, extractor: str, *, seed: int = 0) -> dict:
+    """FID, KID, precision/recall, density/coverage (and IS where the extractor gives logits) of two
+    uint8 image sets, each featurized once (see ``quality``)."""
+    from .quality import extract_features, quality_from_features
 
-    ``reference_cache``: a folder where torch-fidelity keeps the reference set's features, so the
-    same reference is featurized once per run rather than once per model (and survives a resume).
-    """
-    import torch
-    import torch_fidelity
-    from torch_fidelity.registry import FEATURE_EXTRACTORS_REGISTRY
-
-    from genlab.registry import get_feature_extractor
-
-    spec = get_feature_extractor(extractor)
-    name = f"genlab-{extractor}"
-    if name not in FEATURE_EXTRACTORS_REGISTRY:
-        torch_fidelity.register_feature_extractor(name, spec.load())
-    cls = FEATURE_EXTRACTORS_REGISTRY[name]
-    with_isc = "logits" in cls.get_provided_features_list()
-
-    class Images(torch.utils.data.Dataset):  # torch-fidelity takes a Dataset of uint8 [C, H, W]
-        def __init__(self, images):
-            self.images = images
-
-        def __len__(self):
-            return len(self.images)
-
-        def __getitem__(self, i):
-            return self.images[i]
-
-    n = min(len(generated), len(reference))
-    cache = {}
-    if reference_cache is not None:
-        cache = {"cache": True, "cache_root": str(reference_cache), "input2_cache_name": reference_cache.name}
-    torch.manual_seed(seed)
-    metrics = torch_fidelity.calculate_metrics(
-        input1=Images(generated), input2=Images(reference),
-        feature_extractor=name, fid=True, kid=True, isc=with_isc, prc=True,
-        # subsets smaller than N, or every subset is the whole set and the spread says nothing
-        kid_subset_size=min(1000, max(2, n // 2)), kid_subsets=100, isc_splits=min(10, max(1, n // 50)),
-        cuda=torch.cuda.is_available(), batch_size=250, save_cpu_ram=True,
-        verbose=False, rng_seed=seed, **({"cache": False} | cache),
-    )
-    renamed = {
-        "fid": metrics["frechet_inception_distance"],
-        "kid": metrics["kernel_inception_distance_mean"],
-        "kid_std": metrics["kernel_inception_distance_std"],
-        "precision": metrics.get("precision"),
-        "recall": metrics.get("recall"),
-    }
-    if with_isc:
-        renamed["inception_score"] = metrics["inception_score_mean"]
-    return {k: (None if v is None else float(v)) for k, v in renamed.items()}
+    feature, logits = feature_layers(extractor)
+    return quality_from_features(extract_features(generated, extractor), extract_features(reference, extractor),
+                                 seed=seed, feature=feature, logits=logits)
 
 
-QUALITY = ("fid", "kid", "inception_score", "precision", "recall")
+def feature_layers(extractor: str) -> tuple[str, str | None]:
+    """(the feature layer FID/KID/PR use, the logits layer for IS or None) of a registered extractor."""
+    from .quality import _extractor
+
+    _, net = _extractor(extractor)
+    provided = net.get_provided_features_list()
+    return net.get_default_feature_layer_for_metric("fid"), ("logits" if "logits" in provided else None)
+
+
+# per seed: every metric at N; at the floor's N (prefix eq_); FID extrapolated to N = infinity
+QUALITY = ("fid", "kid", "inception_score", "precision", "recall", "density", "coverage", "fid_inf",
+           "eq_fid", "eq_kid", "eq_precision", "eq_recall", "eq_density", "eq_coverage")
 # bump when what a cached floor or row holds changes: older cached results are then measured again
 # (sample shards are kept: they depend only on the model, its weights, options, N, batch and seed)
-CACHE_VERSION = 1
+CACHE_VERSION = 2
 
 
 def mean_and_spread(runs: list[dict]) -> dict:
@@ -253,18 +238,22 @@ def _latency(model, entry: ModelEntry, seed: int, repeats: int = 5) -> float:
 
 
 def best_by_family(rows: list[dict]) -> dict:
-    """Per family, the row with the lowest FID and its speed: "how fast is each family at its best"."""
+    """Per family, the row with the lowest FID (at the floor's N) and its speed: "how fast is each
+    family at its best"."""
+    from .claims import fid_of
+
     best: dict = {}
     for row in rows:
-        if row.get("fid") is None:
+        if fid_of(row) is None:
             continue
         current = best.get(row["family"])
-        if current is None or row["fid"] < current["fid"]:
+        if current is None or fid_of(row) < current["eq_fid"]:
             best[row["family"]] = {k: row.get(k) for k in ("model", "fid", "nfe", "images_per_second", "latency_ms")}
+            best[row["family"]]["eq_fid"] = fid_of(row)
     return best
 
 
-CHART_NAMES = ("fid_vs_nfe", "quality_vs_speed", "kl_per_dim")
+CHART_NAMES = ("fid_vs_nfe", "quality_vs_speed", "kl_per_dim", "fid_vs_compute")
 
 
 def _slug(name: str) -> str:
@@ -311,17 +300,37 @@ class _Run:
             order = torch.randperm(len(self.train), generator=torch.Generator().manual_seed(seed))
             self.references[seed] = self.train.images[order[:n]]
 
-    def reference_cache(self, seed: int, extractor: str) -> Path:
-        c = self.config
-        return self.out / "cache" / f"reference-{c.dataset}-split{c.split_seed}-{c.num_samples}-{seed}-{extractor}"
+    @property
+    def equal_n(self) -> int:
+        """The N at which every row is compared with the floor: as many images as the held-out split has."""
+        return min(self.config.num_samples, len(self.heldout))
 
-    def quality(self, images_by_seed: dict) -> dict:
-        """Quality metrics per extractor, mean and spread over seeds."""
+    def quality(self, images_by_seed: dict, *, floor: bool = False) -> dict:
+        """Quality metrics per extractor, mean and spread over seeds.
+
+        Per seed: every metric on all N images against the seed's N reference images (models only);
+        the same at the floor's N (the first ``equal_n`` images of both sets, prefix ``eq_``), so
+        that rows and the floor are compared at equal N; and FID∞ from subsets of 100 to ``equal_n``.
+        """
+        from .quality import extract_features, fid_infinity, quality_from_features
+
+        n = self.equal_n
         out = {}
         for extractor in self.extractors:
-            runs = [fidelity_metrics(images_by_seed[s], self.references[s], extractor, seed=s,
-                                     reference_cache=self.reference_cache(s, extractor)) for s in self.seeds]
-            out[extractor] = mean_and_spread(runs)
+            feature, logits = feature_layers(extractor)
+            runs = []
+            for s in self.seeds:
+                reference = extract_features(self.references[s], extractor)
+                generated = extract_features(images_by_seed[s], extractor)
+                run = {} if floor else quality_from_features(generated, reference, seed=s, feature=feature,
+                                                             logits=logits)
+                at_n = quality_from_features({k: v[:n] for k, v in generated.items()},
+                                             {k: v[:n] for k, v in reference.items()}, seed=s, feature=feature)
+                run.update({f"eq_{k}": v for k, v in at_n.items() if k != "kid_subset_std"})
+                infinity = fid_infinity(generated[feature], reference[feature], n_max=n, seed=s)
+                run.update(fid_inf=infinity["fid_inf"], fid_inf_slope=infinity["slope"])
+                runs.append(run)
+            out[extractor] = mean_and_spread(runs) | {"equal_n": n}
         return out
 
     def cached(self, kind: str, key, compute):
@@ -343,15 +352,70 @@ class _Run:
 
 
 def _floor(run: _Run) -> dict:
-    """The real-data floor: held-out real digits against each seed's reference, same extractors."""
-    n = run.config.num_samples
-    images = {s: run.heldout.images[:n] for s in run.seeds}
-    quality = run.quality(images)
+    """The real-data floor: held-out real digits against each seed's reference, same extractors, at
+    the held-out split's size (``equal_n``), where the models are compared with it."""
+    n = run.equal_n
+    quality = run.quality({s: run.heldout.images[:n] for s in run.seeds}, floor=True)
     floor = dict(quality[run.config.feature_extractor])
-    floor["num_images"] = min(n, len(run.heldout))
+    floor["num_images"] = n
     floor["extractors"] = {k: {m: v[m] for m in QUALITY if m in v} | {"spread": v["spread"]} for k, v in quality.items()}
     floor["sharpness"] = _sharpness(run.heldout.images[:n])
     return floor
+
+
+def _snapshots(run_dir: Path) -> list[tuple[Path, dict]]:
+    """(weights folder, {"step", "cpu_seconds"}) of a run's snapshots and its final weights, by step."""
+    points = []
+    for folder in sorted((run_dir / "snapshots").glob("step-*")):
+        mark = folder / "snapshot.json"
+        if folder.suffix != ".tmp" and mark.is_file():
+            points.append((folder, json.loads(mark.read_text())))
+    final = run_dir / "final" / "metadata.json"
+    if final.is_file():
+        meta = json.loads(final.read_text())
+        if not points or meta["steps"] > points[-1][1]["step"]:
+            points.append((final.parent, {"step": meta["steps"], "cpu_seconds": meta["cpu_seconds"]}))
+    return points
+
+
+def _curve(run: _Run, entry: CurveEntry) -> dict:
+    """FID at the floor's N (first seed) of every snapshot of a training run, against CPU-seconds."""
+    import torch
+
+    from genlab.datasets import to_uint8
+    from genlab.registry import get_model_class
+
+    from .quality import extract_features, frechet_distance
+
+    folder = Path(entry.run).expanduser()
+    out = {"label": entry.name, "id": entry.id, "run": entry.run, "options": entry.options}
+    points = _snapshots(folder)
+    if not points:
+        return out | {"unavailable": f"no snapshots in {folder}: train a config with snapshot_every_cpu_minutes "
+                                      "into that --run-dir to draw this curve"}
+    cls = get_model_class(entry.id)
+    out["family"] = cls.family
+    n, seed, extractor = run.equal_n, run.seeds[0], run.config.feature_extractor
+    feature, _ = feature_layers(extractor)
+    reference = extract_features(run.references[seed][:n], extractor)[feature]
+    out["points"] = []
+    for weights, mark in points:
+        def measure(weights=weights):
+            model = cls(weights=weights)
+            options = model.parse_options(entry.options)
+            images = torch.cat([to_uint8(model.sample(count, seed=seed * 100_003 + i, options=options).images)
+                                for i, count in enumerate(_batches(n, run.config.batch_size))])
+            return {"fid": frechet_distance(extract_features(images, extractor)[feature], reference)}
+
+        key = [str(weights), weights_fingerprint(cls(weights=weights)), entry.options, n, seed, extractor]
+        value = run.cached(f"curve-{_slug(entry.name)}", key, measure)
+        out["points"].append({"step": mark["step"], "cpu_seconds": mark["cpu_seconds"] + entry.extra_cpu_seconds,
+                              "fid": value["fid"]})
+    return out
+
+
+def _batches(n: int, size: int) -> list[int]:
+    return [min(size, n - start) for start in range(0, n, size)]
 
 
 def _sharpness(images) -> float:
@@ -673,6 +737,7 @@ def run_eval(config: EvalConfig, out_dir: str | Path | None = None) -> Path:
     failed_models = [{"model": e.name, "id": e.id, "plugin": plugin_of(e.id), "reason": failed[e.name]}
                      for e in entries if e.name in failed]
 
+    curves = [_curve(run, entry) for entry in tqdm(config.curves, desc="training curves", unit="run")]
     result = {
         "name": name,
         "dataset": config.dataset,
@@ -681,6 +746,7 @@ def run_eval(config: EvalConfig, out_dir: str | Path | None = None) -> Path:
         "reference": f"{config.num_samples} training images of {config.dataset} drawn with each seed",
         "feature_extractor": config.feature_extractor,
         "extractors": run.extractors,
+        "extractor_descriptions": {e: get_feature_extractor(e).description for e in run.extractors},
         "seed": config.seed,
         "config": config.model_dump(),
         "config_hash": digest(config.model_dump()),
@@ -693,6 +759,7 @@ def run_eval(config: EvalConfig, out_dir: str | Path | None = None) -> Path:
         "models": rows,
         "failed_models": failed_models,  # each with the reason it has no row
         "best_by_family": best_by_family(rows),
+        "curves": curves,
     }
     from .claims import seed_claims
 

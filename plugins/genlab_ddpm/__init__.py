@@ -115,7 +115,14 @@ class DDPM(Model):
         x_t = alpha_bar.sqrt() * x0 + (1 - alpha_bar).sqrt() * noise
         target = noise if net.config.prediction_type == "epsilon" else alpha_bar.sqrt() * noise - (1 - alpha_bar).sqrt() * x0
         out = network(x_t, t).sample
-        return F.mse_loss(out, target), {}
+        per_image = F.mse_loss(out, target, reduction="none").flatten(1).mean(1)
+        gamma = getattr(net.config, "min_snr_gamma", None)
+        if gamma is None:
+            return per_image.mean(), {}
+        # min-SNR-gamma (Hang et al. 2023): the easy, low-noise steps stop dominating the gradient
+        snr = (alpha_bar / (1 - alpha_bar)).flatten()
+        weight = snr.clamp(max=gamma) / (snr if net.config.prediction_type == "epsilon" else snr + 1)
+        return (weight * per_image).mean(), {"unweighted": per_image.mean().detach()}
 
     # ----- forward process -----------------------------------------------------------------------
     def schedule_curves(self) -> dict:

@@ -27,6 +27,8 @@ class DenoisingUNet(UNet2DModel):
         num_train_timesteps (int, default 1000): T.
         beta_schedule (str, default "linear"): "linear" (Ho et al.) or "cosine" (Nichol & Dhariwal).
         prediction_type (str, default "epsilon"): what the network predicts, "epsilon" or "v".
+        min_snr_gamma (float, optional): weight each step's loss by min(SNR_t, gamma) / SNR_t (epsilon)
+            or / (SNR_t + 1) (v), the min-SNR weighting of Hang et al. 2023; None: the plain mean.
     """
 
     @register_to_config
@@ -44,11 +46,14 @@ class DenoisingUNet(UNet2DModel):
         num_train_timesteps: int = 1000,
         beta_schedule: str = "linear",
         prediction_type: str = "epsilon",
+        min_snr_gamma: float | None = None,
     ):
         if beta_schedule not in BETA_SCHEDULES:
             raise ValueError(f"unknown beta_schedule {beta_schedule!r}; valid: {', '.join(BETA_SCHEDULES)}")
         if prediction_type not in PREDICTION_TYPES:
             raise ValueError(f"unknown prediction_type {prediction_type!r}; valid: {', '.join(PREDICTION_TYPES)}")
+        if min_snr_gamma is not None and min_snr_gamma <= 0:
+            raise ValueError(f"min_snr_gamma must be positive, got {min_snr_gamma}")
         super().__init__(
             sample_size=sample_size, in_channels=in_channels, out_channels=out_channels,
             block_out_channels=tuple(block_out_channels), layers_per_block=layers_per_block,
@@ -81,7 +86,15 @@ class DenoisingUNet(UNet2DModel):
         if kind == "ddim-inverse":
             return DDIMInverseScheduler(**base, clip_sample=False, set_alpha_to_one=True, **kwargs)
         if kind == "dpm-solver++":
-            return DPMSolverMultistepScheduler(**base, algorithm_type="dpmsolver++", solver_order=2, **kwargs)
+            # the cosine schedule's alpha-bar reaches ~0 at t = T (log-SNR -inf), where x0 = (x - sigma eps) /
+            # alpha divides by ~0: start the solver where lambda = log(alpha / sigma) = -5.1, as for the
+            # linear schedule, whose alpha-bar_T = 4e-5 puts it there
+            clip = {"lambda_min_clipped": -5.1} if self.config.beta_schedule == "cosine" else {}
+            # x̂0 kept in the data range [-1, 1], as DDIM's clip_sample does (dynamic thresholding with
+            # sample_max_value 1 is a plain clip): at high noise an epsilon model's x̂0 = (x - sigma eps) / alpha
+            # magnifies its error ~1/alpha, and an unclipped x̂0 there can leave a sample as noise
+            return DPMSolverMultistepScheduler(**base, algorithm_type="dpmsolver++", solver_order=2,
+                                               thresholding=True, sample_max_value=1.0, **clip, **kwargs)
         raise ValueError(f"unknown scheduler {kind!r}")
 
     @property
