@@ -8,9 +8,13 @@ from __future__ import annotations
 
 import functools
 import inspect
+import logging
+import math
 import os
 import re
+import threading
 import typing
+import warnings
 
 os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")  # no phoning home from a lab tool
 
@@ -20,15 +24,182 @@ from .errors import GenlabError
 from .metrics import stroke_localization
 from .models import Capability
 
-CONCURRENCY_LIMIT = 2  # two cores: more parallel model calls only slow each other down
+log = logging.getLogger(__name__)
+
 MAX_COUNT = 64
+SEED_MAX = 2**32 - 1
+MAX_UPLOAD_PIXELS = 2048 * 2048  # a drawing is 280x280; anything far larger is refused before decoding
+MAX_FILE_SIZE = "5mb"
+MODEL_WORK = "model-work"  # the one concurrency group every model endpoint shares
+
+
+def model_workers() -> int:
+    """How many model calls run at once, app-wide: one per GPU, else one per 4 CPU cores (at least
+    one), since each call already uses every core through torch; ``GENLAB_APP_WORKERS`` overrides."""
+    if os.environ.get("GENLAB_APP_WORKERS"):
+        return max(1, int(os.environ["GENLAB_APP_WORKERS"]))
+    import torch
+
+    if torch.cuda.is_available():
+        return torch.cuda.device_count()
+    return max(1, (os.cpu_count() or 1) // 4)
+
+
+_model_lock = threading.Lock()
 
 
 @functools.cache
 def _model(model_id: str):
+    """One shared instance per model, its weights loaded (once, even when two calls race)."""
     from .registry import get_model
 
-    return get_model(model_id)
+    with _model_lock:
+        model = get_model(model_id)
+        if model.weights is not None:
+            model.network  # noqa: B018 - load now, under the lock, not in two threads at once
+        return model
+
+
+# ----- errors: one sentence for the user, whatever went wrong -----------------------------------
+def failure_message(model_id: str | None, exc: BaseException) -> str:
+    """A plugin's unexpected exception as one sentence naming the model (and its plugin)."""
+    detail = f"{type(exc).__name__}: {exc}".rstrip(": ")
+    if not model_id:
+        return f"the app failed: {detail}"
+    try:
+        from .registry import registry
+
+        plugin = registry().plugin_of.get(model_id)
+    except Exception:  # noqa: BLE001 - the message must not fail too
+        plugin = None
+    where = f" (plugin {plugin!r})" if plugin else ""
+    return f"model {model_id!r}{where} failed: {detail}"
+
+
+def _as_gradio_error(exc: BaseException, model_id) -> gr.Error:
+    if isinstance(exc, gr.Error):
+        return exc
+    if isinstance(exc, GenlabError):
+        return gr.Error(str(exc), print_exception=False)
+    log.error("model %s raised an unexpected exception", model_id, exc_info=exc)
+    return gr.Error(failure_message(model_id if isinstance(model_id, str) else None, exc), print_exception=False)
+
+
+def user_errors(fn):
+    """Run ``fn`` so that whatever it raises reaches the user as one sentence (``gr.Error``): a
+    ``GenlabError`` as it is, anything else (a bug in someone's plugin) naming the model and the
+    error. The first argument, when a string, is the model id."""
+    if inspect.isgeneratorfunction(fn):
+        @functools.wraps(fn)
+        def stream(*args, **kwargs):
+            try:
+                yield from fn(*args, **kwargs)
+            except Exception as exc:  # noqa: BLE001 - shown to the user, logged with its traceback
+                raise _as_gradio_error(exc, args[0] if args else None) from None
+        return stream
+
+    @functools.wraps(fn)
+    def call(*args, **kwargs):
+        try:
+            return fn(*args, **kwargs)
+        except Exception as exc:  # noqa: BLE001
+            raise _as_gradio_error(exc, args[0] if args else None) from None
+    return call
+
+
+# ----- inputs that check what they are given before anything else runs -------------------------
+def _describe_range(lo, hi, whole: bool) -> str:
+    kind = "a whole number" if whole else "a number"
+    fmt = lambda v: f"{v:g}" if isinstance(v, float) else str(v)  # noqa: E731
+    if lo is not None and hi is not None:
+        return f"{kind} from {fmt(lo)} to {fmt(hi)}"
+    if lo is not None:
+        return f"{kind} of at least {fmt(lo)}"
+    if hi is not None:
+        return f"{kind} of at most {fmt(hi)}"
+    return f"a finite {kind[2:]}"
+
+
+def check_number(label: str, value, lo=None, hi=None, whole: bool = False):
+    """``value`` if it is a finite number within [lo, hi] (whole when asked), else ``gr.Error``
+    naming the input and its valid range (API callers can send anything: None, text, NaN, 1e30)."""
+    ok = (isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+          and (lo is None or value >= lo) and (hi is None or value <= hi)
+          and (not whole or float(value).is_integer()))
+    if not ok:
+        raise gr.Error(f"{label} must be {_describe_range(lo, hi, whole)}, got {value!r}", print_exception=False)
+    return int(value) if whole else value
+
+
+class NumberInput(gr.Number):
+    """A ``gr.Number`` that answers a bad value (None, text, NaN, inf, out of range) with one sentence."""
+
+    is_template = True  # rendered as a plain Number
+
+    def preprocess(self, payload):
+        return check_number(self.label or "number", payload, self.minimum, self.maximum, whole=self.precision == 0)
+
+
+class SliderInput(gr.Slider):
+    """A ``gr.Slider`` that answers a bad value with one sentence naming it and its range."""
+
+    is_template = True
+
+    def preprocess(self, payload):
+        whole = float(self.step).is_integer() and float(self.minimum).is_integer()
+        return check_number(self.label or "value", payload, self.minimum, self.maximum, whole=whole)
+
+
+def check_image_size(file, label: str = "image") -> None:
+    """Refuse an uploaded image whose header says it is too large, before it is decoded."""
+    from io import BytesIO
+
+    from PIL import Image
+
+    if file is None:
+        return
+    source = BytesIO(bytes(file)) if isinstance(file, (bytes, bytearray, memoryview)) else getattr(file, "path", file)
+    try:
+        with warnings.catch_warnings(), Image.open(source) as header:  # reads the header only
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)  # we decide below
+            width, height = header.size
+    except Exception as exc:  # noqa: BLE001 - whatever the upload is, it is not an image we can read
+        raise gr.Error(f"the {label} could not be read as an image ({type(exc).__name__})", print_exception=False) from None
+    if width * height > MAX_UPLOAD_PIXELS:
+        side = int(MAX_UPLOAD_PIXELS ** 0.5)
+        raise gr.Error(f"the {label} is {width}x{height} pixels; the largest accepted is {side}x{side}",
+                       print_exception=False)
+
+
+class DrawingInput(gr.Sketchpad):
+    """A Sketchpad whose uploads are size-checked from their header before they are decoded."""
+
+    is_template = True
+
+    def get_block_name(self) -> str:
+        return "imageeditor"  # the same front-end component as gr.Sketchpad
+
+    def convert_and_format_image(self, file, flatten_on_white: bool = False):
+        check_image_size(file, "drawing")
+        return super().convert_and_format_image(file, flatten_on_white=flatten_on_white)
+
+
+def model_event() -> dict:
+    """Event settings of every endpoint that runs a model: one app-wide group, so extra users queue."""
+    return {"concurrency_id": MODEL_WORK, "concurrency_limit": model_workers()}
+
+
+class LabBlocks(gr.Blocks):
+    """Blocks whose endpoints answer a call with too few inputs by naming the missing ones."""
+
+    def validate_inputs(self, block_fn, inputs):
+        wanted = list(block_fn.inputs)
+        if len(inputs) < len(wanted):
+            missing = [getattr(b, "label", None) or type(b).__name__.lower() for b in wanted[len(inputs):]]
+            name = f"/{block_fn.api_name}" if block_fn.api_name else "this action"
+            raise gr.Error(f"{name} takes {len(wanted)} inputs and got {len(inputs)}: missing "
+                           f"{', '.join(map(str, missing))}", print_exception=False)
+        super().validate_inputs(block_fn, inputs)
 
 
 def api_name(action: str, model_id: str) -> str:
@@ -37,19 +208,16 @@ def api_name(action: str, model_id: str) -> str:
 
 
 # ----- work functions (plain Python, called by the UI and by tests) ----------------------------
+@user_errors
 def sample_images(model_id: str, seed, count, options: dict):
     """Gallery items and a caption for ``count`` seeded samples; user mistakes become ``gr.Error``."""
     from .images import to_pil_list
 
-    try:
-        model = _model(model_id)
-        model.require(Capability.SAMPLE)
-        count = int(count)
-        if not 1 <= count <= MAX_COUNT:
-            raise GenlabError(f"count must be between 1 and {MAX_COUNT}, got {count}")
-        result = model.sample(count, seed=int(seed), options=model.parse_options(options))
-    except GenlabError as exc:
-        raise gr.Error(str(exc), print_exception=False) from None
+    seed = check_number("seed", seed, 0, SEED_MAX, whole=True)
+    count = check_number("count", count, 1, MAX_COUNT, whole=True)
+    model = _model(model_id)
+    model.require(Capability.SAMPLE)
+    result = model.sample(count, seed=seed, options=model.parse_options(options))
     images = to_pil_list(result.images, scale=4)
     caption = (
         f"**{model_id}**: {count} samples, seed {int(seed)}, {result.nfe} network evaluation"
@@ -98,30 +266,28 @@ def _curves_figure(model, t: int):
     return fig
 
 
+@user_errors
 def forward_view(model_id: str, index, t, seed):
     """A held-out digit, its noised version at step t, the numbers, and the schedule curves."""
     import math
 
-    try:
-        model = _model(model_id)
-        model.require(Capability.FORWARD_PROCESS)
-        digits = _heldout(model)
-        index, t = int(index), int(t)
-        if not 0 <= index < len(digits):
-            raise GenlabError(f"digit index must be between 0 and {len(digits) - 1}, got {index}")
-        T = model.num_train_timesteps
-        t = min(max(t, 1), T)
-        x0 = digits[index : index + 1]
-        xt = model.noise(x0, t, seed=int(seed))
-        ab = model.schedule_curves()["alpha_bar"][t - 1]
-    except GenlabError as exc:
-        raise gr.Error(str(exc), print_exception=False) from None
+    seed = check_number("noise seed", seed, 0, SEED_MAX, whole=True)
+    model = _model(model_id)
+    model.require(Capability.FORWARD_PROCESS)
+    digits = _heldout(model)
+    index = check_number("held-out digit", index, 0, len(digits) - 1, whole=True)
+    T = model.num_train_timesteps
+    t = check_number("t", t, 1, T, whole=True)
+    x0 = digits[index : index + 1]
+    xt = model.noise(x0, t, seed=seed)
+    ab = model.schedule_curves()["alpha_bar"][t - 1]
     snr = ab / (1 - ab)
     text = (f"t = {t} of {T}: ᾱ_t = {ab:.4f}, so x_t keeps {math.sqrt(ab):.3f} of the image and "
             f"{math.sqrt(1 - ab):.3f} noise; SNR = {snr:.4g} ({10 * math.log10(snr):.1f} dB)")
     return _show(x0), _show(xt), text, _curves_figure(model, t)
 
 
+@user_errors
 def reverse_stream(model_id: str, seed, frames, options: dict):
     """Yield (x_t, x̂_0, trajectory so far, caption) while the reverse process runs, noise to digit."""
     import time
@@ -130,27 +296,26 @@ def reverse_stream(model_id: str, seed, frames, options: dict):
 
     from .images import grid
 
-    try:
-        model = _model(model_id)
-        model.require(Capability.TRAJECTORY)
-        opts = model.parse_options(options)
-        steps = getattr(opts, "steps", 1)
-        every = max(1, steps // max(1, int(frames) - 1))
-        start = time.perf_counter()
-        seen_xt, seen_x0 = [], []
-        for frame in model.trajectory(1, seed=int(seed), options=opts, record_every=every):
-            elapsed = time.perf_counter() - start
-            seen_xt.append(frame["x_t"][:1])
-            seen_x0.append(frame["x0_hat"][:1])
-            strip = grid(torch.cat(seen_xt + seen_x0), nrow=len(seen_xt), scale=3)
-            done = frame["step"] == frame["steps"]
-            caption = (f"{'done' if done else 'step'} {frame['step']}/{frame['steps']} (t = {frame['t']}), "
-                       f"{frame['step']} network evaluations, {elapsed:.2f} s"
-                       + (f" — sampler {opts.sampler}" if hasattr(opts, "sampler") else "")
-                       + "; trajectory: x_t on top, x̂_0 below")
-            yield _show(frame["x_t"]), _show(frame["x0_hat"]), strip, caption
-    except GenlabError as exc:
-        raise gr.Error(str(exc), print_exception=False) from None
+    seed = check_number("seed", seed, 0, SEED_MAX, whole=True)
+    frames = check_number("frames to show", frames, 2, 50, whole=True)
+    model = _model(model_id)
+    model.require(Capability.TRAJECTORY)
+    opts = model.parse_options(options)
+    steps = getattr(opts, "steps", 1)
+    every = max(1, steps // max(1, frames - 1))
+    start = time.perf_counter()
+    seen_xt, seen_x0 = [], []
+    for frame in model.trajectory(1, seed=seed, options=opts, record_every=every):
+        elapsed = time.perf_counter() - start
+        seen_xt.append(frame["x_t"][:1])
+        seen_x0.append(frame["x0_hat"][:1])
+        strip = grid(torch.cat(seen_xt + seen_x0), nrow=len(seen_xt), scale=3)
+        done = frame["step"] == frame["steps"]
+        caption = (f"{'done' if done else 'step'} {frame['step']}/{frame['steps']} (t = {frame['t']}), "
+                   f"{frame['step']} network evaluations, {elapsed:.2f} s"
+                   + (f" — sampler {opts.sampler}" if hasattr(opts, "sampler") else "")
+                   + "; trajectory: x_t on top, x̂_0 below")
+        yield _show(frame["x_t"]), _show(frame["x0_hat"]), strip, caption
 
 
 def drawing_to_digit(sketch):
@@ -176,17 +341,18 @@ def drawing_to_digit(sketch):
     return torch.from_numpy(np.asarray(small, dtype=np.float32) / 255).view(1, 1, 28, 28)
 
 
+@user_errors
 def clean_up_drawing(model_id: str, sketch, strength, seed):
-    try:
-        model = _model(model_id)
-        model.require(Capability.IMAGE_TO_IMAGE)
-        digit = drawing_to_digit(sketch)
-        cleaned = model.edit(digit, strength=float(strength), seed=int(seed))
-    except GenlabError as exc:
-        raise gr.Error(str(exc), print_exception=False) from None
+    strength = check_number("strength", strength, 0.05, 1.0)
+    seed = check_number("seed", seed, 0, SEED_MAX, whole=True)
+    model = _model(model_id)
+    model.require(Capability.IMAGE_TO_IMAGE)
+    digit = drawing_to_digit(sketch)
+    cleaned = model.edit(digit, strength=strength, seed=seed)
     return _show(digit), _show(cleaned)
 
 
+@user_errors
 def latent_view(model_id: str, index_a, index_b, steps, method):
     """Two held-out digits, their reconstructions, and the model's own interpolation between them."""
     import time
@@ -195,21 +361,19 @@ def latent_view(model_id: str, index_a, index_b, steps, method):
 
     from .images import grid
 
-    try:
-        model = _model(model_id)
-        model.require(Capability.INTERPOLATE)
-        digits = _heldout(model)
-        a, b = int(index_a), int(index_b)
-        for i in (a, b):
-            if not 0 <= i < len(digits):
-                raise GenlabError(f"digit index must be between 0 and {len(digits) - 1}, got {i}")
-        pair = digits[[a, b]]
-        start = time.perf_counter()
-        path = model.interpolate(pair[0], pair[1], steps=int(steps), method=method)
-        seconds = time.perf_counter() - start
-        recon = model.reconstruct(pair) if model.can(Capability.RECONSTRUCT) else None
-    except GenlabError as exc:
-        raise gr.Error(str(exc), print_exception=False) from None
+    steps = check_number("points", steps, 2, 16, whole=True)
+    if method not in ("slerp", "lerp"):
+        raise GenlabError(f"path must be slerp or lerp, got {method!r}")
+    model = _model(model_id)
+    model.require(Capability.INTERPOLATE)
+    digits = _heldout(model)
+    a = check_number("first digit", index_a, 0, len(digits) - 1, whole=True)
+    b = check_number("second digit", index_b, 0, len(digits) - 1, whole=True)
+    pair = digits[[a, b]]
+    start = time.perf_counter()
+    path = model.interpolate(pair[0], pair[1], steps=int(steps), method=method)
+    seconds = time.perf_counter() - start
+    recon = model.reconstruct(pair) if model.can(Capability.RECONSTRUCT) else None
     strip = grid(torch.cat([pair[:1], path, pair[1:]]), nrow=int(steps) + 2, scale=4)
     pairs = None
     caption = f"{method} between digits {a} and {b}, {int(steps)} points, {seconds:.2f} s"
@@ -233,19 +397,19 @@ def _overlay(image, heat):
     return pil.resize((pil.width * 8, pil.height * 8), Image.NEAREST)
 
 
+@user_errors
 def prompt_attention(model_id: str, prompt, guidance, steps, seed):
     """A sample for the prompt and, per prompt token, where its cross-attention fell on the image."""
     import time
 
-    try:
-        model = _model(model_id)
-        model.require(Capability.ATTENTION)
-        start = time.perf_counter()
-        out = model.attention_maps(seed=int(seed), options={"prompt": prompt, "guidance": float(guidance),
-                                                             "steps": int(steps)})
-        seconds = time.perf_counter() - start
-    except GenlabError as exc:
-        raise gr.Error(str(exc), print_exception=False) from None
+    guidance = check_number("guidance", guidance, 0, 20)
+    steps = check_number("steps", steps, 1, 1000, whole=True)
+    seed = check_number("seed", seed, 0, SEED_MAX, whole=True)
+    model = _model(model_id)
+    model.require(Capability.ATTENTION)
+    start = time.perf_counter()
+    out = model.attention_maps(seed=seed, options={"prompt": prompt, "guidance": guidance, "steps": steps})
+    seconds = time.perf_counter() - start
     image = out["image"][0].cpu().numpy()
     maps = out["maps"].cpu().numpy()
     items = []
@@ -262,6 +426,7 @@ def prompt_attention(model_id: str, prompt, guidance, steps, seed):
     return _show(out["image"]), items, caption
 
 
+@user_errors
 def autoencoder_view(model_id: str, index):
     """A held-out digit, its latent (channels as images, or a vector as bars) and its reconstruction."""
     import matplotlib
@@ -272,20 +437,15 @@ def autoencoder_view(model_id: str, index):
 
     from .images import grid
 
-    try:
-        model = _model(model_id)
-        model.require(Capability.ENCODE)
-        model.require(Capability.RECONSTRUCT)
-        digits = _heldout(model)
-        index = int(index)
-        if not 0 <= index < len(digits):
-            raise GenlabError(f"digit index must be between 0 and {len(digits) - 1}, got {index}")
-        x = digits[index : index + 1]
-        latent = model.encode(x)
-        latent = latent[0] if isinstance(latent, tuple) else latent
-        recon = model.reconstruct(x)
-    except GenlabError as exc:
-        raise gr.Error(str(exc), print_exception=False) from None
+    model = _model(model_id)
+    model.require(Capability.ENCODE)
+    model.require(Capability.RECONSTRUCT)
+    digits = _heldout(model)
+    index = check_number("held-out digit", index, 0, len(digits) - 1, whole=True)
+    x = digits[index : index + 1]
+    latent = model.encode(x)
+    latent = latent[0] if isinstance(latent, tuple) else latent
+    recon = model.reconstruct(x)
     z = latent[0].detach().float()
     fig, ax = plt.subplots(figsize=(5, 2.6), dpi=100)
     if z.dim() == 3:  # spatial latent: one image per channel
@@ -306,17 +466,54 @@ def autoencoder_view(model_id: str, index):
 
 
 def report_folders() -> dict[str, str]:
-    """Reports on disk, newest first: committed ones under evals/reports, runs under evals/runs."""
+    """Reports on disk, newest first: committed ones under evals/reports, runs under evals/runs. A
+    folder whose report cannot even be looked at (a dangling link) is still listed, so that choosing
+    it says what is wrong; nothing on disk stops the app from starting."""
     from .evals import evals_dir
 
     root = evals_dir()
-    found = [p.parent for sub in ("reports", "runs") for p in (root / sub).glob("*/report.html")]
-    found.sort(key=lambda p: p.stat().st_mtime, reverse=True)
+    found = []
+    for sub in ("reports", "runs"):
+        try:
+            folders = [p for p in (root / sub).iterdir() if (p / "report.html").exists() or (p / "report.html").is_symlink()]
+        except OSError:
+            continue
+        found += folders
+
+    def modified(folder):
+        try:
+            return (folder / "report.html").stat().st_mtime
+        except OSError:
+            return 0.0
+
+    found.sort(key=modified, reverse=True)
     return {f"{p.parent.name}/{p.name}": str(p) for p in found}
 
 
+# What the Report tab keeps of a report's HTML: text, tables, headings, links and inlined images;
+# never scripts, styles or event handlers (a suite label or a prompt can hold anything).
+_REPORT_TAGS = {"h1", "h2", "h3", "h4", "p", "a", "img", "table", "thead", "tbody", "tr", "th", "td", "ul", "ol",
+                "li", "code", "pre", "em", "strong", "blockquote", "br", "hr", "sup", "sub", "span", "div"}
+
+
+def sanitize_report_html(html: str) -> str:
+    """Report HTML cut down to an allow-list (nh3): inlined data: images stay, scripts go."""
+    import nh3
+
+    return nh3.clean(html, tags=_REPORT_TAGS, url_schemes={"http", "https", "data"},
+                     attributes={"a": {"href"}, "img": {"src", "alt", "width", "height"},
+                                 "td": {"colspan", "rowspan"}, "th": {"colspan", "rowspan"}},
+                     link_rel="noopener noreferrer")
+
+
+def _error_box(text: str) -> str:
+    from html import escape
+
+    return f'<p class="genlab-report-error"><strong>{escape(text)}</strong></p>'
+
+
 def show_report(choice: str | None):
-    """The chosen report's HTML page (images inlined)."""
+    """The chosen report's HTML page (images inlined), sanitized; an unreadable report shows why."""
     from pathlib import Path
 
     folders = report_folders()
@@ -324,9 +521,15 @@ def show_report(choice: str | None):
         return "No report yet: run `genlab eval evals/bundled.toml`." if not folders else ""
     if choice not in folders:
         raise gr.Error(f"no report {choice!r}; reports on disk: {', '.join(folders) or 'none'}", print_exception=False)
-    page = (Path(folders[choice]) / "report.html").read_text()
+    path = Path(folders[choice]) / "report.html"
+    try:
+        page = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError:
+        return _error_box(f"report {choice} could not be shown: {path} is not UTF-8 text")
+    except OSError as exc:
+        return _error_box(f"report {choice} could not be shown: {exc.strerror or type(exc).__name__} ({path})")
     body = page.split("<body>", 1)[-1].rsplit("</body>", 1)[0]
-    return body
+    return sanitize_report_html(body)
 
 
 def plugin_rows():
@@ -372,16 +575,44 @@ def option_widget(name: str, field):
         lo, hi = _bounds(field)
         if lo is not None and hi is not None:
             step = 1 if annotation is int else (hi - lo) / 100
-            return gr.Slider(lo, hi, value=default, step=step, label=label, info=info)
-        return gr.Number(value=default, label=label, info=info, precision=0 if annotation is int else None)
+            return SliderInput(lo, hi, value=default, step=step, label=label, info=info)
+        return NumberInput(value=default, label=label, info=info, precision=0 if annotation is int else None)
     return gr.Textbox(value=None if default is None else str(default), label=label, info=info)
 
 
 # ----- the app ---------------------------------------------------------------------------------
-def _per_model_controls(models: dict, key: str, label: str, handler, inputs: list, outputs: list, model_choice):
+def named_handler(handler, model_id: str, input_names: list[str], option_names: list[str]):
+    """``handler(model_id, *inputs, options_dict)`` as a function whose signature names every input
+    (``seed, count, temperature, output``), so that the API lists real parameter names."""
+    n = len(input_names)
+    names = [*input_names, *option_names]
+    taken = set(input_names)
+    # an option called like a fixed input (a plugin's own "seed") gets a prefix in the API only
+    api_names = [*input_names, *(f"option_{o}" if o in taken else o for o in option_names)]
+
+    def split(values):
+        return values[:n], dict(zip(option_names, values[n:]))
+
+    if inspect.isgeneratorfunction(getattr(handler, "__wrapped__", handler)) or inspect.isgeneratorfunction(handler):
+        def run(*values):  # Gradio streams only from generator functions
+            fixed, options = split(values)
+            yield from handler(model_id, *fixed, options)
+    else:
+        def run(*values):
+            fixed, options = split(values)
+            return handler(model_id, *fixed, options)
+    run.__signature__ = inspect.Signature(
+        [inspect.Parameter(name, inspect.Parameter.POSITIONAL_OR_KEYWORD) for name in api_names])
+    run.__name__ = api_name(handler.__name__, model_id)
+    assert len(names) == len(api_names)
+    return run
+
+
+def _per_model_controls(models: dict, key: str, label: str, handler, inputs: list, outputs: list, model_choice,
+                        input_names: list[str]):
     """One group of option widgets and a button per model, shown for the model picked in
     ``model_choice``; the button calls ``handler(model_id, *inputs, options_dict)`` through the queue
-    with the API name ``{key}_{model}``."""
+    with the API name ``{key}_{model}`` and named parameters."""
     groups = []
     for model_id, cls in models.items():
         with gr.Group(visible=model_id == model_choice.value) as group:
@@ -389,18 +620,8 @@ def _per_model_controls(models: dict, key: str, label: str, handler, inputs: lis
             widgets = [option_widget(name, field) for name, field in fields.items()]
             button = gr.Button(f"{label} {model_id}", variant="primary", elem_id=f"{key}-button-{model_id}")
         groups.append(group)
-
-        def call(values, _id=model_id, _names=tuple(fields), _n=len(inputs)):
-            return handler(_id, *values[:_n], dict(zip(_names, values[_n:])))
-
-        if inspect.isgeneratorfunction(handler):  # Gradio streams only from generator functions
-            def run(*values, _call=call):
-                yield from _call(values)
-        else:
-            def run(*values, _call=call):
-                return _call(values)
-
-        button.click(run, [*inputs, *widgets], outputs, api_name=api_name(key, model_id))
+        run = named_handler(handler, model_id, input_names, list(fields))
+        button.click(run, [*inputs, *widgets], outputs, api_name=api_name(key, model_id), **model_event())
 
     def show(model_id):
         return [gr.update(visible=mid == model_id) for mid in models]
@@ -412,7 +633,7 @@ def build_app() -> gr.Blocks:
     from .registry import get_models
 
     samplers = get_models(Capability.SAMPLE)
-    with gr.Blocks(title="genlab") as demo:
+    with LabBlocks(title="genlab", delete_cache=(3600, 3600)) as demo:
         gr.Markdown(
             "# genlab\nSee and measure how generative image models differ. "
             "Every model here comes from a plugin; tabs follow what each model can do."
@@ -428,8 +649,8 @@ def build_app() -> gr.Blocks:
                                                    elem_id="sample-model")
                         description = gr.Markdown(samplers[first].description)
                         with gr.Row():
-                            seed = gr.Number(value=0, precision=0, label="seed", elem_id="sample-seed")
-                            count = gr.Slider(1, MAX_COUNT, value=16, step=1, label="count",
+                            seed = NumberInput(value=0, precision=0, minimum=0, maximum=SEED_MAX, label="seed", elem_id="sample-seed")
+                            count = SliderInput(1, MAX_COUNT, value=16, step=1, label="count",
                                               elem_id="sample-count")
                         model_choice.change(lambda m: samplers[m].description, model_choice, description,
                                             api_visibility="private")
@@ -440,7 +661,7 @@ def build_app() -> gr.Blocks:
                         caption = gr.Markdown(elem_id="sample-caption")
                 with controls:
                     _per_model_controls(samplers, "sample", "Sample", sample_images, [seed, count],
-                                        [gallery, caption], model_choice)
+                                        [gallery, caption], model_choice, ["seed", "count"])
 
         # one tab per capability, shown when some installed model declares it
         autoencoders = {m: c for m, c in get_models(Capability.ENCODE).items() if c.can(Capability.RECONSTRUCT)}
@@ -495,9 +716,13 @@ def _prompt_tab(models: dict):
         with gr.Column(scale=1):
             model_choice = gr.Dropdown(list(models), value=next(iter(models)), label="model", elem_id="prompt-model")
             prompt = gr.Textbox(value="a thick seven", label="prompt", elem_id="prompt-text")
-            guidance = gr.Slider(0, 10, value=3.0, step=0.5, label="guidance scale")
-            steps = gr.Slider(2, 100, value=20, step=1, label="steps")
-            seed = gr.Number(value=0, precision=0, label="seed")
+            # the same widgets (ranges, defaults) as the model's own options in the other tabs
+            fields = next(iter(models.values())).Options.model_fields
+            guidance = option_widget("guidance", fields["guidance"]) if "guidance" in fields else \
+                SliderInput(0, 20, value=3.0, step=0.2, label="guidance")
+            steps = option_widget("steps", fields["steps"]) if "steps" in fields else \
+                SliderInput(1, 1000, value=20, step=1, label="steps")
+            seed = NumberInput(value=0, precision=0, minimum=0, maximum=SEED_MAX, label="seed")
             button = gr.Button("Generate", variant="primary", elem_id="prompt-button")
         with gr.Column(scale=2):
             with gr.Row():
@@ -506,7 +731,7 @@ def _prompt_tab(models: dict):
             heatmaps = gr.Gallery(label="cross-attention per token", columns=6, height="auto", format="png",
                                   elem_id="prompt-attention")
     button.click(prompt_attention, [model_choice, prompt, guidance, steps, seed], [image, heatmaps, caption],
-                 api_name="prompt_attention")
+                 api_name="prompt_attention", **model_event())
 
 
 def _autoencoder_tab(models: dict):
@@ -517,14 +742,14 @@ def _autoencoder_tab(models: dict):
     )
     with gr.Row():
         model_choice = gr.Dropdown(list(models), value=next(iter(models)), label="model", elem_id="ae-model")
-        index = gr.Slider(0, 499, value=0, step=1, label="held-out digit")
+        index = SliderInput(0, 499, value=0, step=1, label="held-out digit")
         button = gr.Button("Encode and decode", variant="primary", elem_id="ae-button")
     with gr.Row():
         original = gr.Image(label="image", image_mode="L", height=224, format="png")
         latent = gr.Plot(label="latent")
         recon = gr.Image(label="reconstruction", image_mode="L", height=224, format="png")
     text = gr.Markdown(elem_id="ae-text")
-    button.click(autoencoder_view, [model_choice, index], [original, latent, recon, text], api_name="autoencode")
+    button.click(autoencoder_view, [model_choice, index], [original, latent, recon, text], api_name="autoencode", **model_event())
 
 
 def _latent_tab(models: dict):
@@ -535,16 +760,16 @@ def _latent_tab(models: dict):
     )
     with gr.Row():
         model_choice = gr.Dropdown(list(models), value=next(iter(models)), label="model", elem_id="latent-model")
-        index_a = gr.Slider(0, 499, value=0, step=1, label="first digit")
-        index_b = gr.Slider(0, 499, value=1, step=1, label="second digit")
-        steps = gr.Slider(2, 16, value=8, step=1, label="points")
+        index_a = SliderInput(0, 499, value=0, step=1, label="first digit")
+        index_b = SliderInput(0, 499, value=1, step=1, label="second digit")
+        steps = SliderInput(2, 16, value=8, step=1, label="points")
         method = gr.Radio(["slerp", "lerp"], value="slerp", label="path")
     strip = gr.Image(label="interpolation", format="png", elem_id="latent-strip")
     with gr.Row():
         pairs = gr.Image(label="reconstructions", format="png", elem_id="latent-recon")
         caption = gr.Markdown(elem_id="latent-caption")
     gr.Button("Interpolate", variant="primary", elem_id="latent-button").click(
-        latent_view, [model_choice, index_a, index_b, steps, method], [strip, pairs, caption], api_name="interpolate"
+        latent_view, [model_choice, index_a, index_b, steps, method], [strip, pairs, caption], api_name="interpolate", **model_event()
     )
 
 
@@ -559,9 +784,9 @@ def _diffusion_tab(models: dict):
     model_choice = gr.Dropdown(list(models), value=first, label="model", elem_id="diffusion-model")
     with gr.Row():
         with gr.Column():
-            index = gr.Slider(0, 499, value=0, step=1, label="held-out digit", elem_id="forward-index")
-            t = gr.Slider(1, 1000, value=250, step=1, label="t", elem_id="forward-t")
-            noise_seed = gr.Number(value=0, precision=0, label="noise seed")
+            index = SliderInput(0, 499, value=0, step=1, label="held-out digit", elem_id="forward-index")
+            t = SliderInput(1, 1000, value=250, step=1, label="t", elem_id="forward-t")
+            noise_seed = NumberInput(value=0, precision=0, minimum=0, maximum=SEED_MAX, label="noise seed")
             forward_text = gr.Markdown(elem_id="forward-text")
         x0_view = gr.Image(label="x_0 (real digit)", image_mode="L", height=224, format="png")
         xt_view = gr.Image(label="x_t ~ q(x_t | x_0)", image_mode="L", height=224, format="png")
@@ -569,16 +794,16 @@ def _diffusion_tab(models: dict):
     forward_inputs = [model_choice, index, t, noise_seed]
     forward_outputs = [x0_view, xt_view, forward_text, curve]
     for control in (index, t, noise_seed, model_choice):
-        control.change(forward_view, forward_inputs, forward_outputs, api_visibility="private")
+        control.change(forward_view, forward_inputs, forward_outputs, api_visibility="private", **model_event())
     gr.Button("Noise it", elem_id="forward-button").click(forward_view, forward_inputs, forward_outputs,
-                                                             api_name="forward_process")
+                                                             api_name="forward_process", **model_event())
 
     gr.Markdown("### Reverse process")
     with gr.Row():
         with gr.Column(scale=1):
             with gr.Row():
-                reverse_seed = gr.Number(value=0, precision=0, label="seed", elem_id="reverse-seed")
-                frames = gr.Slider(2, 50, value=20, step=1, label="frames to show")
+                reverse_seed = NumberInput(value=0, precision=0, minimum=0, maximum=SEED_MAX, label="seed", elem_id="reverse-seed")
+                frames = SliderInput(2, 50, value=20, step=1, label="frames to show")
             controls = gr.Column()
         with gr.Column(scale=2):
             with gr.Row():
@@ -589,28 +814,29 @@ def _diffusion_tab(models: dict):
     trajectory = gr.Image(label="trajectory", format="png", elem_id="reverse-trajectory")
     with controls:
         _per_model_controls(models, "reverse", "Denoise with", reverse_stream, [reverse_seed, frames],
-                            [xt_stream, x0_stream, trajectory, reverse_text], model_choice)
+                            [xt_stream, x0_stream, trajectory, reverse_text], model_choice, ["seed", "frames"])
 
     editors = {m: c for m, c in models.items() if c.can(Capability.IMAGE_TO_IMAGE)}
     if editors:
         gr.Markdown("### Clean up a drawing (SDEdit)\nDraw a digit, noise it to t = strength × T, "
                     "and let the model denoise it back onto the digits it knows.")
         with gr.Row():
-            sketch = gr.Sketchpad(label="draw a digit", canvas_size=(280, 280), type="numpy",
+            sketch = DrawingInput(label="draw a digit", canvas_size=(280, 280), type="numpy",
                                   image_mode="RGBA", elem_id="sketch")
             with gr.Column():
-                strength = gr.Slider(0.05, 1.0, value=0.5, step=0.05, label="strength")
-                edit_seed = gr.Number(value=0, precision=0, label="seed")
+                strength = SliderInput(0.05, 1.0, value=0.5, step=0.05, label="strength")
+                edit_seed = NumberInput(value=0, precision=0, minimum=0, maximum=SEED_MAX, label="seed")
                 edit_button = gr.Button("Clean up", elem_id="edit-button")
             edit_in = gr.Image(label="your digit at 28x28", image_mode="L", height=224, format="png")
             edit_out = gr.Image(label="cleaned up", image_mode="L", height=224, format="png")
         edit_button.click(clean_up_drawing, [model_choice, sketch, strength, edit_seed], [edit_in, edit_out],
-                          api_name="image_to_image")
+                          api_name="image_to_image", **model_event())
 
 
 def launch(demo: gr.Blocks, *, host: str = "127.0.0.1", port: int | None = None, block: bool = False):
     """Serve ``demo`` through the queue; returns the local URL when not blocking."""
-    demo.queue(default_concurrency_limit=CONCURRENCY_LIMIT)
+    demo.queue(default_concurrency_limit=None)  # model work is limited by its own group (model_event)
     _, url, _ = demo.launch(server_name=host, server_port=port, prevent_thread_lock=not block,
+                            max_file_size=MAX_FILE_SIZE,
                             share=False, quiet=not block)
     return url
