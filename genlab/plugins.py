@@ -55,7 +55,7 @@ def load_plugins() -> None:
 
     allowed = os.environ.get(ENV_VAR)
     allowed_names = None if allowed is None else {n.strip() for n in allowed.split(",") if n.strip()}
-    for entry_point in importlib.metadata.entry_points(group=ENTRY_POINT_GROUP):
+    for entry_point in [*importlib.metadata.entry_points(group=ENTRY_POINT_GROUP), *source_tree_entry_points()]:
         if allowed_names is not None and entry_point.name not in allowed_names:
             continue
         if pm.get_plugin(entry_point.name) is not None or pm.is_blocked(entry_point.name):
@@ -66,6 +66,28 @@ def load_plugins() -> None:
         except Exception as exc:  # a broken plugin must not take the others down
             failures.append(PluginFailure(entry_point.name, _describe(exc)))
     pm.check_pending()
+
+
+def source_tree_entry_points() -> list[importlib.metadata.EntryPoint]:
+    """The ``[project.entry-points.genlab]`` table of the source tree genlab is imported from, as
+    entry points, when genlab itself is not installed (a Hugging Face Space, or a checkout put on
+    ``sys.path`` by ``app.py``); they then load through the same loop as installed ones. Empty when
+    genlab is installed (its entry points are already in the metadata) or no pyproject.toml is there."""
+    import tomllib
+    from pathlib import Path
+
+    try:
+        importlib.metadata.distribution("genlab")
+        return []
+    except importlib.metadata.PackageNotFoundError:
+        pass
+    pyproject = Path(__file__).resolve().parents[1] / "pyproject.toml"
+    try:
+        table = tomllib.loads(pyproject.read_text())["project"]["entry-points"][ENTRY_POINT_GROUP]
+    except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError, KeyError, TypeError):
+        return []
+    return [importlib.metadata.EntryPoint(name=name, value=value, group=ENTRY_POINT_GROUP)
+            for name, value in table.items()]
 
 
 def plugin_names() -> list[str]:
