@@ -850,3 +850,33 @@ def launch(demo: gr.Blocks, *, host: str = "127.0.0.1", port: int | None = None,
                             max_file_size=MAX_FILE_SIZE,
                             share=False, quiet=not block)
     return url
+class ChoiceInput(gr.Dropdown):
+    """A ``gr.Dropdown`` that answers a value outside its choices with one sentence naming it."""
+
+    is_template = True
+
+    def preprocess(self, payload):
+        if self.multiselect:
+            return super().preprocess(payload)
+        return check_choice(self.label or "choice", payload, _choice_values(self.choices))
+    from typing import Callable, Literal, Sequence, Any, TYPE_CHECKING
+    from gradio.blocks import Block
+    if TYPE_CHECKING:
+        from gradio.components import Timer
+        from gradio.components.base import Component
+
+    
+class RadioInput(gr.Radio):
+    """A ``gr.Radio`` that answers a value outside its choices with one sentence naming it."""
+
+    is_template = True
+
+    def preprocess(self, payload):
+        return check_choice(self.label or "choice", payload, _choice_values(self.choices))
+    from typing import Callable, Literal, Sequence, Any, TYPE_CHECKING
+    from gradio.blocks import Block
+    if TYPE_CHECKING:
+        from gradio.components import Timer
+        from gradio.components.base import Component
+
+    

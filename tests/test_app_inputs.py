@@ -43,7 +43,7 @@ def lab(tmp_path_factory, tiny_vae_dir, tiny_ddpm_dir, tiny_first_stage_dir, tin
     registry.refresh()
     app_module._model.cache_clear()
     demo = app_module.build_app()
-    url = app_module.launch(demo, port=None)
+    url = app_module.launch(demo, port=None, warm_up=False)
     try:
         yield SimpleNamespace(url=url, demo=demo)
     finally:
