@@ -754,7 +754,7 @@ def compare_interpolations(models: list[str], index_a, index_b, steps, progress=
             continue
         strip = grid(torch.cat([pair[:1], path, pair[1:]]), nrow=len(path) + 2, scale=3)
         how = "DDIM-inverted noises" if model.can(Capability.TRAJECTORY) else "its latent"
-        out += [strip, f"**{model_id}**: slerp between {how}, {seconds:.2f} s"]
+        out += [strip, f"**{model_id}**: slerp between {how}, {plural(len(path), 'point')}, {seconds:.2f} s"]
     return out
 
 
@@ -949,7 +949,7 @@ def _seed_row(label: str = "seed", elem_id: str | None = None):
     with gr.Row(equal_height=True):
         seed = NumberInput(value=0, precision=0, minimum=0, maximum=SEED_MAX, label=label, elem_id=elem_id,
                            scale=3, min_width=100)
-        dice = gr.Button("🎲 random seed", scale=1, min_width=90, size="sm",
+        dice = gr.Button("random seed", scale=1, min_width=90, size="sm",
                          elem_id=f"{elem_id}-random" if elem_id else None)
     dice.click(lambda: random.randint(0, 2**31 - 1), None, seed, api_visibility="private")
     return seed
@@ -1032,7 +1032,8 @@ class WarmUp:
 CSS = """
 /* samples: as many columns as fit, never clipped; no captions on the digits */
 .genlab-samples .grid-wrap .grid-container { grid-template-columns: repeat(auto-fill, minmax(64px, 1fr)) !important; }
-.genlab-samples .grid-wrap { height: auto !important; max-height: none !important; overflow: visible !important; }
+.genlab-samples, .genlab-samples .gallery-container, .genlab-samples .grid-wrap, .genlab-samples .grid-wrap.fixed-height {
+  height: auto !important; min-height: 0 !important; max-height: none !important; overflow: visible !important; }
 .genlab-samples img { image-rendering: pixelated; }
 .genlab-pixels img { image-rendering: pixelated; }
 #genlab-status { padding: 0.2em 0.8em; border-radius: 6px; background: var(--block-background-fill); }
@@ -1045,6 +1046,11 @@ PROMPT_EXAMPLES = ["a thick seven", "an upright 1", "a thin slanted four", "3",
 
 def build_app() -> gr.Blocks:
     from .registry import get_models
+
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot  # noqa: F401 - imported once here: two threads importing it at once break it
 
     rows = measured_rows()
     samplers = get_models(Capability.SAMPLE)
@@ -1165,7 +1171,7 @@ def _compare_tab(samplers: dict, interpolators: dict, rows: list[dict], warm: Wa
         with gr.Row(equal_height=True):
             index_a = _digit_picker(first, "from", a_b[1] if len(a_b) > 1 else 0, elem_id="compare-interp-a")
             index_b = _digit_picker(first, "to", a_b[7] if len(a_b) > 7 else 1, elem_id="compare-interp-b")
-            points = SliderInput(2, 16, value=8, step=1, label="points")
+            points = SliderInput(2, 16, value=8, step=1, label="points", elem_id="compare-points")
             go = gr.Button("Interpolate", variant="primary", elem_id="compare-interp-button")
         strips = []
         for model_id in interpolators:
@@ -1348,7 +1354,11 @@ def _diffusion_tab(models: dict, rows: list[dict], warm: WarmUp):
                     "and let the model denoise it back onto the digits it knows. Your drawing is prepared "
                     "as MNIST digits were: cropped to the strokes, fitted in a 20x20 box, centred by mass.")
         with gr.Row():
-            sketch = DrawingInput(label="draw a digit", canvas_size=(280, 280), type="numpy", image_mode="RGBA",
+            import numpy as np
+
+            white = np.full((280, 280, 4), 255, dtype=np.uint8)  # a background: the canvas opens in draw mode
+            sketch = DrawingInput(value={"background": white, "layers": [], "composite": white},
+                                  label="draw a digit", canvas_size=(280, 280), type="numpy", image_mode="RGBA",
                                   elem_id="sketch", layers=False, transforms=(), sources=(),
                                   brush=gr.Brush(default_size=14, colors=["#000000"], color_mode="fixed"),
                                   min_width=240)
