@@ -556,8 +556,7 @@ def _attention_figure(image, tokens, maps, rows_data):
     cax = fig.add_subplot(grid_spec[:, cols])
     bar = fig.colorbar(shown, cax=cax)
     bar.set_ticks([0, 1])
-    bar.set_ticklabels(["least", "most"])
-    bar.set_label("attention (each map stretched to its range)", fontsize=9)
+    bar.set_ticklabels(["least", "most"], fontsize=9)
     return _close(fig)
 
 
@@ -955,28 +954,53 @@ def _seed_row(label: str = "seed", elem_id: str | None = None):
     return seed
 
 
-def _digit_picker(model_id: str, label: str, value: int, elem_id: str | None = None):
-    """A held-out digit chosen by its real label and position ("a 7 (#12)"); the value is the position."""
-    choices = heldout_choices(model_id)
-    return ChoiceInput(choices, value=min(value, len(choices) - 1), label=label, elem_id=elem_id,
-                       info="held-out digits, by label and position; type to filter, e.g. 'a 7'")
+class DigitInput(gr.Dropdown):
+    """A held-out digit picked by its label ("a 7 (#27)"); its value is the position in the model's
+    held-out set. The labelled choices arrive with the warm-up (the dataset loads in the background,
+    not while the page is built); any position of the set is accepted, others are named as wrong."""
+
+    is_template = True
+
+    def preprocess(self, payload):
+        count = len(_labels_for(self.genlab_model))
+        return check_number(self.label or "held-out digit", payload, 0, count - 1, whole=True)
+
+
+def _digit_picker(model_id: str, label: str, warm: "WarmUp", pick=None, elem_id: str | None = None):
+    """A ``DigitInput`` opening on position 0, or on ``pick()`` (e.g. the first held-out 7) once the
+    labels are known."""
+    picker = DigitInput([("#0", 0)], value=0, label=label, elem_id=elem_id, allow_custom_value=True,
+                        info="held-out digits, by label and position; type to filter, e.g. 'a 7'")
+    picker.genlab_model = model_id
+    warm.add(f"held-out digits ({label})", [picker],
+             lambda: gr.update(choices=heldout_choices(model_id), value=pick() if pick else 0), priority=3)
+    return picker
+
+
+def _first_of(model_id: str, digit: int, fallback: int) -> int:
+    found = _first_of_each_digit(model_id)
+    return found[digit] if len(found) > digit else fallback
 
 
 class WarmUp:
     """Loads every model and computes each tab's first result in a background thread, so the page
-    opens with results shown and the first click runs as fast as the second."""
+    opens with results shown and the first click runs as fast as the next. Jobs run cheapest and
+    most used first (``priority``); a page that loads meanwhile fills in as each one finishes."""
 
     def __init__(self):
-        self.jobs: list[tuple[str, list, typing.Callable]] = []  # (what, output components, fn)
-        self.results: list = []
+        self.jobs: list[tuple[str, list, typing.Callable, int]] = []  # (what, output components, fn, priority)
+        self.results: dict[int, typing.Any] = {}
+        self.finished: list[threading.Event] = []
         self.failures: list[str] = []
         self.done = threading.Event()
         self.seconds: float | None = None
+        self.timings: dict[str, float] = {}  # seconds per job, for the log and benchmarks
         self._started = False
         self._lock = threading.Lock()
 
-    def add(self, what: str, outputs: list, fn) -> None:
-        self.jobs.append((what, list(outputs), fn))
+    def add(self, what: str, outputs: list, fn, priority: int = 5) -> None:
+        self.jobs.append((what, list(outputs), fn, priority))
+        self.finished.append(threading.Event())
 
     def start(self) -> None:
         with self._lock:
@@ -989,9 +1013,10 @@ class WarmUp:
         import time
 
         start = time.perf_counter()
-        self.results = [None] * len(self.jobs)
         try:
-            for i, (what, _, fn) in enumerate(self.jobs):
+            for i in sorted(range(len(self.jobs)), key=lambda j: self.jobs[j][3]):
+                what, _, fn, _ = self.jobs[i]
+                began = time.perf_counter()
                 try:
                     value = fn()
                     if inspect.isgenerator(value):  # a stream: its last frame
@@ -1002,8 +1027,13 @@ class WarmUp:
                     message = exc.message if isinstance(exc, gr.Error) else failure_message(None, exc)
                     self.failures.append(f"{what}: {message}")
                     log.warning("warm-up of %s failed: %s", what, message)
+                self.timings[what] = time.perf_counter() - began
+                self.finished[i].set()
         finally:
             self.seconds = time.perf_counter() - start
+            for event in self.finished:
+                event.set()
+            log.info("warm-up took %.1f s: %s", self.seconds, {k: round(v, 1) for k, v in self.timings.items()})
             self.done.set()
 
     def status(self) -> str:
@@ -1011,22 +1041,39 @@ class WarmUp:
             return "Not warmed up yet: the first click loads its model."
         if not self.done.is_set():
             return ("⏳ **Warming up**: loading the models and running each once, so that every tab opens "
-                    "with a result and the first click is as fast as the next. Buttons work meanwhile, "
-                    "but wait for it.")
+                    f"with a result and the first click is as fast as the next ({len(self.timings)} of "
+                    f"{len(self.jobs)} done). Buttons work meanwhile, but wait for it.")
         failed = "".join(f"\n- {f}" for f in self.failures)
         return f"Ready: models loaded and warmed up in {self.seconds:.1f} s.{failed}"
 
     def outputs(self) -> list:
-        return [component for _, outputs, _ in self.jobs for component in outputs]
+        return [component for _, outputs, _, _ in self.jobs for component in outputs]
 
     def values(self) -> list:
+        """Every job's result for its outputs; ``gr.skip()`` where it is not done (or failed)."""
         values = []
-        for (_, outputs, _), result in zip(self.jobs, self.results or [None] * len(self.jobs)):
+        for i, (_, outputs, _, _) in enumerate(self.jobs):
+            result = self.results.get(i)
             if result is None:
                 values += [gr.skip()] * len(outputs)
             else:
                 values += list(result) if isinstance(result, (list, tuple)) and len(outputs) > 1 else [result]
         return values
+
+    def fill(self):
+        """Page-load handler: the status and every result, yielded again as each job finishes."""
+        self.start()
+        shown = set()
+        while True:
+            ready = {i for i, event in enumerate(self.finished) if event.is_set()}
+            if ready != shown or not shown:
+                shown = ready
+                yield [self.status(), *self.values()]
+            if self.done.is_set():
+                if len(ready) == len(self.jobs):
+                    yield [self.status(), *self.values()]
+                return
+            self.done.wait(0.5)
 
 
 CSS = """
@@ -1089,12 +1136,8 @@ def build_app() -> gr.Blocks:
             _plugins_tab()
 
         def fill():
-            """On page load: the warm-up's results (waiting for it, saying so meanwhile)."""
-            if not warm.done.is_set():
-                warm.start()
-                yield [warm.status(), *[gr.skip()] * len(warm.outputs())]
-                warm.done.wait()
-            yield [warm.status(), *warm.values()]
+            """On page load: the warm-up's results, as they come (the status says what is left)."""
+            yield from warm.fill()
 
         demo.load(fill, None, [status, *warm.outputs()], api_visibility="private", show_progress="hidden",
                   concurrency_limit=None)
@@ -1161,30 +1204,30 @@ def _compare_tab(samplers: dict, interpolators: dict, rows: list[dict], warm: Wa
     gr.Examples([[0, 8, "{digit}"], [7, 16, "a thick slanted seven"], [3, 8, "an upright thin 2"]],
                 [seed, count, prompt], label="try")
     defaults = {k: w.value for k, w in zip(option_keys, option_inputs)}
-    warm.add("compare", outputs, lambda: run(0, 8, "{digit}", *defaults.values(), None))
+    warm.add("compare", outputs, lambda: run(0, 8, "{digit}", *defaults.values(), None), priority=1)
 
     if interpolators:
         first = next(iter(interpolators))
         gr.Markdown("### Interpolation, side by side\nEach family walks between the same two real digits its "
                     "own way: the VAE in its 16-d latent, the DDPM between DDIM-inverted noises.")
-        a_b = _first_of_each_digit(first)
+        pick_a, pick_b = (lambda: _first_of(first, 1, 0)), (lambda: _first_of(first, 7, 1))  # a 1 and a 7
         with gr.Row(equal_height=True):
-            index_a = _digit_picker(first, "from", a_b[1] if len(a_b) > 1 else 0, elem_id="compare-interp-a")
-            index_b = _digit_picker(first, "to", a_b[7] if len(a_b) > 7 else 1, elem_id="compare-interp-b")
+            index_a = _digit_picker(first, "from", warm, pick_a, elem_id="compare-interp-a")
+            index_b = _digit_picker(first, "to", warm, pick_b, elem_id="compare-interp-b")
             points = SliderInput(2, 16, value=8, step=1, label="points", elem_id="compare-points")
             go = gr.Button("Interpolate", variant="primary", elem_id="compare-interp-button")
         strips = []
         for model_id in interpolators:
             with gr.Row(equal_height=True):
                 strip = gr.Image(show_label=False, format="png", elem_classes="genlab-pixels",
-                                 elem_id=f"compare-strip-{api_name('m', model_id)}", scale=4, height=110)
+                                 elem_id=f"compare-strip-{api_name('m', model_id)}", scale=4, height=110, min_width=300)
                 note = gr.Markdown()
             strips += [strip, note]
         models = list(interpolators)
         run_strips = endpoint(lambda a, b, n, progress=None: compare_interpolations(models, a, b, n, progress),
                               ["first_digit", "second_digit", "points"], name="compare_interpolation")
         go.click(run_strips, [index_a, index_b, points], strips, api_name="compare_interpolation", **model_event())
-        warm.add("interpolation strips", strips, lambda: run_strips(index_a.value, index_b.value, 8, None))
+        warm.add("interpolation strips", strips, lambda: run_strips(pick_a(), pick_b(), 8, None), priority=8)
 
 
 def _sample_tab(samplers: dict, rows: list[dict], warm: WarmUp):
@@ -1207,7 +1250,7 @@ def _sample_tab(samplers: dict, rows: list[dict], warm: WarmUp):
                                       [gallery, caption], model_choice, ["seed", "count"], rows)
     gr.Examples([[0, 16], [42, 64], [7, 1]], [seed, count], label="try")
     run, inputs = buttons[first]
-    warm.add("sample", [gallery, caption], lambda: run(*[w.value for w in inputs], None))
+    warm.add("sample", [gallery, caption], lambda: run(*[w.value for w in inputs], None), priority=2)
 
 
 def _prompt_tab(models: dict, rows: list[dict], warm: WarmUp):
@@ -1239,7 +1282,8 @@ def _prompt_tab(models: dict, rows: list[dict], warm: WarmUp):
                 image = gr.Image(label="sample", image_mode="L", height=224, format="png", elem_id="prompt-image",
                                  elem_classes="genlab-pixels", min_width=160)
                 caption = gr.Markdown(elem_id="prompt-caption")
-            heatmaps = gr.Plot(label="cross-attention per word", elem_id="prompt-attention", format="png")
+            gr.Markdown("**Cross-attention per token** (each map stretched to its own range; colour scale on the right)")
+            heatmaps = gr.Plot(show_label=False, elem_id="prompt-attention", format="png")
             table = gr.Dataframe(headers=["token", "share of attention", "stroke AUC", "on strokes vs background"],
                                  interactive=False, elem_id="prompt-table", wrap=True)
     run = endpoint(prompt_attention, ["model", "prompt", "guidance", "steps", "seed"], name="prompt_attention")
@@ -1247,7 +1291,7 @@ def _prompt_tab(models: dict, rows: list[dict], warm: WarmUp):
     button.click(run, inputs, outputs, api_name="prompt_attention", **model_event())
     prompt.submit(run, inputs, outputs, api_visibility="private", **model_event())
     gr.Examples([[p] for p in PROMPT_EXAMPLES], [prompt], label="try")
-    warm.add("prompt", outputs, lambda: run(*[w.value for w in inputs], None))
+    warm.add("prompt", outputs, lambda: run(*[w.value for w in inputs], None), priority=2)
 
 
 def _autoencoder_tab(models: dict, rows: list[dict], warm: WarmUp):
@@ -1259,7 +1303,7 @@ def _autoencoder_tab(models: dict, rows: list[dict], warm: WarmUp):
     first = next(iter(models))
     with gr.Row(equal_height=True):
         model_choice = ChoiceInput(list(models), value=first, label="model", elem_id="ae-model")
-        index = _digit_picker(first, "held-out digit", 0, elem_id="ae-index")
+        index = _digit_picker(first, "held-out digit", warm, elem_id="ae-index")
         button = gr.Button("Encode and decode", variant="primary", elem_id="ae-button")
     with gr.Row():
         original = gr.Image(label="image", image_mode="L", height=224, format="png", elem_classes="genlab-pixels")
@@ -1269,7 +1313,7 @@ def _autoencoder_tab(models: dict, rows: list[dict], warm: WarmUp):
     run = endpoint(autoencoder_view, ["model", "index"], name="autoencode")
     outputs = [original, latent, recon, text]
     button.click(run, [model_choice, index], outputs, api_name="autoencode", **model_event())
-    warm.add("autoencoder", outputs, lambda: run(first, index.value, None))
+    warm.add("autoencoder", outputs, lambda: run(first, 0, None), priority=6)
 
 
 def _latent_tab(models: dict, rows: list[dict], warm: WarmUp):
@@ -1281,8 +1325,8 @@ def _latent_tab(models: dict, rows: list[dict], warm: WarmUp):
     first = next(iter(models))
     with gr.Row(equal_height=True):
         model_choice = ChoiceInput(list(models), value=first, label="model", elem_id="latent-model")
-        index_a = _digit_picker(first, "first digit", 0, elem_id="latent-a")
-        index_b = _digit_picker(first, "second digit", 1, elem_id="latent-b")
+        index_a = _digit_picker(first, "first digit", warm, elem_id="latent-a")
+        index_b = _digit_picker(first, "second digit", warm, lambda: 1, elem_id="latent-b")
         steps = SliderInput(2, 16, value=8, step=1, label="points")
         method = RadioInput(["slerp", "lerp"], value="slerp", label="path")
     strip = gr.Image(label="interpolation", format="png", elem_id="latent-strip", elem_classes="genlab-pixels")
@@ -1293,7 +1337,7 @@ def _latent_tab(models: dict, rows: list[dict], warm: WarmUp):
     outputs = [strip, pairs, caption]
     gr.Button("Interpolate", variant="primary", elem_id="latent-button").click(
         run, [model_choice, index_a, index_b, steps, method], outputs, api_name="interpolate", **model_event())
-    warm.add("latent space", outputs, lambda: run(first, index_a.value, index_b.value, 8, "slerp", None))
+    warm.add("latent space", outputs, lambda: run(first, 0, 1, 8, "slerp", None), priority=7)
 
 
 def _diffusion_tab(models: dict, rows: list[dict], warm: WarmUp):
@@ -1307,7 +1351,7 @@ def _diffusion_tab(models: dict, rows: list[dict], warm: WarmUp):
     model_choice = ChoiceInput(list(models), value=first, label="model", elem_id="diffusion-model")
     with gr.Row():
         with gr.Column(min_width=240):
-            index = _digit_picker(first, "held-out digit", 0, elem_id="forward-index")
+            index = _digit_picker(first, "held-out digit", warm, elem_id="forward-index")
             t = SliderInput(1, 1000, value=250, step=1, label="t", elem_id="forward-t")
             noise_seed = NumberInput(value=0, precision=0, minimum=0, maximum=SEED_MAX, label="noise seed")
             forward_text = gr.Markdown(elem_id="forward-text")
@@ -1325,7 +1369,7 @@ def _diffusion_tab(models: dict, rows: list[dict], warm: WarmUp):
     for control in (index, t, noise_seed, model_choice):
         control.change(forward, forward_inputs, forward_outputs, api_visibility="private", **model_event())
     warm.add("forward process", forward_outputs,
-             lambda: forward(first, index.value, min(250, _model(first).num_train_timesteps), 0, None))
+             lambda: forward(first, 0, min(250, _model(first).num_train_timesteps), 0, None), priority=4)
 
     gr.Markdown("### Reverse process")
     with gr.Row():
@@ -1340,13 +1384,13 @@ def _diffusion_tab(models: dict, rows: list[dict], warm: WarmUp):
                 x0_stream = gr.Image(label="x̂_0 (predicted clean image)", image_mode="L", height=224,
                                      format="png", elem_id="reverse-x0", elem_classes="genlab-pixels", min_width=140)
             reverse_text = gr.Markdown(elem_id="reverse-text")
-    trajectory = gr.Image(label="trajectory", format="png", elem_id="reverse-trajectory", elem_classes="genlab-pixels")
+    trajectory = gr.Image(show_label=False, format="png", elem_id="reverse-trajectory", elem_classes="genlab-pixels")
     reverse_outputs = [xt_stream, x0_stream, trajectory, reverse_text]
     with controls:
         buttons = _per_model_controls(models, "reverse", "Denoise with", reverse_stream, [reverse_seed, frames],
                                       reverse_outputs, model_choice, ["seed", "frames"], rows)
     run, inputs = buttons[first]
-    warm.add("reverse process", reverse_outputs, lambda: run(*[w.value for w in inputs], None))
+    warm.add("reverse process", reverse_outputs, lambda: run(*[w.value for w in inputs], None), priority=4)
 
     editors = {m: c for m, c in models.items() if c.can(Capability.IMAGE_TO_IMAGE)}
     if editors:
@@ -1414,7 +1458,7 @@ def _report_tab():
     first = next(iter(reports), None)
     with gr.Row(equal_height=True):
         report_choice = ChoiceInput(list(reports), value=first, label="report", elem_id="report-choice")
-        refresh = gr.Button("Refresh list", min_width=120)
+        refresh = gr.Button("Refresh list", min_width=120, scale=0, size="sm")
     gr.Markdown(METRIC_SCALES)
     report_view = gr.HTML(show_report(first), elem_id="report-view")
     report_choice.change(show_report, report_choice, report_view, api_name="report")

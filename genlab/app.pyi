@@ -880,3 +880,20 @@ class RadioInput(gr.Radio):
         from gradio.components.base import Component
 
     
+class DigitInput(gr.Dropdown):
+    """A held-out digit picked by its label ("a 7 (#27)"); its value is the position in the model's
+    held-out set. The labelled choices arrive with the warm-up (the dataset loads in the background,
+    not while the page is built); any position of the set is accepted, others are named as wrong."""
+
+    is_template = True
+
+    def preprocess(self, payload):
+        count = len(_labels_for(self.genlab_model))
+        return check_number(self.label or "held-out digit", payload, 0, count - 1, whole=True)
+    from typing import Callable, Literal, Sequence, Any, TYPE_CHECKING
+    from gradio.blocks import Block
+    if TYPE_CHECKING:
+        from gradio.components import Timer
+        from gradio.components.base import Component
+
+    

@@ -119,10 +119,13 @@ def test_warm_up_fills_every_tab_and_reports_ready(served):
     assert warm.done.wait(300)
     assert client.predict(api_name="/status").startswith("Ready"), warm.failures
     assert not warm.failures
-    whats = [what for what, _, _ in warm.jobs]
-    assert whats[:2] == ["compare", "interpolation strips"] and "prompt" in whats and "reverse process" in whats
+    whats = [what for what, _, _, _ in warm.jobs]
+    assert {"compare", "interpolation strips", "prompt", "reverse process", "sample"} <= set(whats)
+    assert next(iter(warm.timings)) == "compare"  # the first tab's result comes first
     values = warm.values()
     assert len(values) == len(warm.outputs()) and all(v is not None for v in values)
+    pickers = [v for v in values if isinstance(v, dict) and "choices" in v]
+    assert pickers and all(p["choices"][0][0].startswith("a ") for p in pickers)  # labelled once known
 
 
 def test_held_out_digits_are_chosen_by_their_label(served, fake_entry_points):
