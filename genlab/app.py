@@ -961,8 +961,11 @@ class DigitInput(gr.Dropdown):
 
     is_template = True
 
+    MARK = "genlab-heldout-of-"  # an elem_class naming the model: it survives Gradio's per-session copies
+
     def preprocess(self, payload):
-        count = len(_labels_for(self.genlab_model))
+        model_id = next((c[len(self.MARK):] for c in self.elem_classes or [] if c.startswith(self.MARK)), None)
+        count = len(_labels_for(model_id)) if model_id else 1
         return check_number(self.label or "held-out digit", payload, 0, count - 1, whole=True)
 
 
@@ -970,8 +973,8 @@ def _digit_picker(model_id: str, label: str, warm: "WarmUp", pick=None, elem_id:
     """A ``DigitInput`` opening on position 0, or on ``pick()`` (e.g. the first held-out 7) once the
     labels are known."""
     picker = DigitInput([("#0", 0)], value=0, label=label, elem_id=elem_id, allow_custom_value=True,
-                        info="held-out digits, by label and position; type to filter, e.g. 'a 7'")
-    picker.genlab_model = model_id
+                        info="held-out digits, by label and position; type to filter, e.g. 'a 7'",
+                        elem_classes=[DigitInput.MARK + model_id])
     warm.add(f"held-out digits ({label})", [picker],
              lambda: gr.update(choices=heldout_choices(model_id), value=pick() if pick else 0), priority=3)
     return picker

@@ -887,8 +887,11 @@ class DigitInput(gr.Dropdown):
 
     is_template = True
 
+    MARK = "genlab-heldout-of-"  # an elem_class naming the model: it survives Gradio's per-session copies
+
     def preprocess(self, payload):
-        count = len(_labels_for(self.genlab_model))
+        model_id = next((c[len(self.MARK):] for c in self.elem_classes or [] if c.startswith(self.MARK)), None)
+        count = len(_labels_for(model_id)) if model_id else 1
         return check_number(self.label or "held-out digit", payload, 0, count - 1, whole=True)
     from typing import Callable, Literal, Sequence, Any, TYPE_CHECKING
     from gradio.blocks import Block
