@@ -1084,7 +1084,8 @@ CSS = """
 .genlab-samples .grid-wrap .grid-container { grid-template-columns: repeat(auto-fill, minmax(64px, 1fr)) !important; }
 .genlab-samples, .genlab-samples .gallery-container, .genlab-samples .grid-wrap, .genlab-samples .grid-wrap.fixed-height {
   height: auto !important; min-height: 0 !important; max-height: none !important; overflow: visible !important; }
-.genlab-samples img { image-rendering: pixelated; }
+.genlab-samples .thumbnail-item { aspect-ratio: 1 / 1; height: auto !important; }
+.genlab-samples img { image-rendering: pixelated; object-fit: contain !important; }
 .genlab-pixels img { image-rendering: pixelated; }
 #genlab-status { padding: 0.2em 0.8em; border-radius: 6px; background: var(--block-background-fill); }
 .genlab-report-error { color: #b00020; }
@@ -1172,7 +1173,7 @@ def _compare_tab(samplers: dict, interpolators: dict, rows: list[dict], warm: Wa
         for model_id, cls in samplers.items():
             with gr.Column(min_width=250, elem_id=f"compare-{api_name('col', model_id)}"):
                 gr.Markdown(f"### {model_id}\n{cls.family}")
-                gallery = gr.Gallery(show_label=False, columns=4, height="auto", format="png",
+                gallery = gr.Gallery(show_label=False, columns=4, height="auto", format="png", object_fit="contain",
                                      elem_classes="genlab-samples", elem_id=f"compare-gallery-{api_name('m', model_id)}",
                                      allow_preview=True)
                 stats = gr.Markdown(elem_id=f"compare-stats-{api_name('m', model_id)}")
@@ -1246,6 +1247,7 @@ def _sample_tab(samplers: dict, rows: list[dict], warm: WarmUp):
             controls = gr.Column()
         with gr.Column(scale=2, min_width=300):
             gallery = gr.Gallery(show_label=False, columns=8, height="auto", format="png", elem_id="sample-gallery",
+                                 object_fit="contain",
                                  elem_classes="genlab-samples")
             caption = gr.Markdown(elem_id="sample-caption")
     with controls:
