@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed-stamp
 HOST ?= 127.0.0.1
 PORT ?= 7860
 
-.PHONY: install demo test bench clean
+.PHONY: install demo test bench clean space-check
 
 install: $(STAMP)
 
@@ -22,6 +22,18 @@ demo: install
 
 test: install
 	$(BIN)/python -m pytest -q
+
+# Simulate the Hugging Face Spaces build on a clean clone: an empty folder holding only
+# requirements.txt, installed into a fresh venv (pip's cache makes reruns faster; PyTorch is large),
+# then the repository copied in and app.py started as Spaces starts it, and called.
+SPACE_DIR ?= build/space-check
+space-check:
+	rm -rf $(SPACE_DIR) && mkdir -p $(SPACE_DIR)/repo
+	cp requirements.txt $(SPACE_DIR)/repo/
+	$(PYTHON) -m venv $(SPACE_DIR)/venv
+	cd $(SPACE_DIR)/repo && ../venv/bin/python -m pip install --quiet -r requirements.txt
+	git ls-files -z | xargs -0 -I{} cp --parents {} $(SPACE_DIR)/repo/
+	$(SPACE_DIR)/venv/bin/python tests/space_check.py $(SPACE_DIR)/repo --python $(SPACE_DIR)/venv/bin/python
 
 clean:
 	rm -rf $(VENV) .pytest_cache build *.egg-info

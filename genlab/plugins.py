@@ -107,7 +107,7 @@ def load_plugins() -> None:
 
     allowed = os.environ.get(ENV_VAR)
     allowed_names = None if allowed is None else {n.strip() for n in allowed.split(",") if n.strip()}
-    entry_points = list(importlib.metadata.entry_points(group=ENTRY_POINT_GROUP))
+    entry_points = [*importlib.metadata.entry_points(group=ENTRY_POINT_GROUP), *source_tree_entry_points()]
     values: dict[str, str] = {}  # entry-point name -> the module it loaded
     for entry_point in sorted(entry_points, key=lambda ep: not _in_tree(ep)):  # stable: in-tree first
         name = entry_point.name
@@ -134,6 +134,28 @@ def load_plugins() -> None:
             continue
         load_order.append(name)
         check_hooks(name, plugin)
+
+
+def source_tree_entry_points() -> list[importlib.metadata.EntryPoint]:
+    """The ``[project.entry-points.genlab]`` table of the source tree genlab is imported from, as
+    entry points, when genlab itself is not installed (a Hugging Face Space, or a checkout put on
+    ``sys.path`` by ``app.py``); they then load through the same loop as installed ones. Empty when
+    genlab is installed (its entry points are already in the metadata) or no pyproject.toml is there."""
+    import tomllib
+    from pathlib import Path
+
+    try:
+        importlib.metadata.distribution("genlab")
+        return []
+    except importlib.metadata.PackageNotFoundError:
+        pass
+    pyproject = Path(__file__).resolve().parents[1] / "pyproject.toml"
+    try:
+        table = tomllib.loads(pyproject.read_text())["project"]["entry-points"][ENTRY_POINT_GROUP]
+    except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError, KeyError, TypeError):
+        return []
+    return [importlib.metadata.EntryPoint(name=name, value=value, group=ENTRY_POINT_GROUP)
+            for name, value in table.items()]
 
 
 def plugin_names() -> list[str]:

@@ -18,7 +18,7 @@ def served(fake_entry_points, tiny_vae_dir, tiny_ddpm_dir, tiny_first_stage_dir,
     monkeypatch.setattr("genlab_ddpm.DDPM.default_weights", tiny_ddpm_dir)
     app_module._model.cache_clear()
     demo = app_module.build_app()
-    url = app_module.launch(demo, port=None)
+    url = app_module.launch(demo, port=None, warm_up=False)
     try:
         yield Client(url, verbose=False, analytics_enabled=False)
     finally:
@@ -31,7 +31,13 @@ def test_sample_tab_returns_vae_samples(served):
     assert len(gallery) == 5
     images = [Image.open(item["image"]) for item in gallery]
     assert all(img.size == (32, 32) for img in images)  # 8x8 digits shown 4x
-    assert "5 samples, seed 3, 1 network evaluation" in caption
+    assert "5 samples, seed 3, 1 network evaluation per image" in caption
+    assert all(item.get("caption") is None for item in gallery)  # labels stay off the digits
+
+
+def test_one_sample_is_singular(served):
+    gallery, caption = served.predict(3, 1, 1.0, "mean", api_name="/sample_vae")
+    assert len(gallery) == 1 and "**vae**: 1 sample, seed 3" in caption
 
 
 def test_same_seed_gives_the_same_images(served):
@@ -48,7 +54,7 @@ def test_third_party_model_gets_its_own_widgets_and_endpoint(served):
 def test_bad_option_is_a_clear_error_not_a_crash(served):
     from gradio_client.exceptions import AppError
 
-    with pytest.raises(AppError, match="greater than maximum value 3.0"):
+    with pytest.raises(AppError, match="temperature must be a number from 0 to 3, got 7.0"):
         served.predict(0, 2, 7.0, "mean", api_name="/sample_vae")
     # the app still serves afterwards
     gallery, _ = served.predict(0, 1, 1.0, "mean", api_name="/sample_vae")
@@ -62,7 +68,7 @@ def test_model_errors_become_one_sentence_gradio_errors(tiny_vae_dir, monkeypatc
     app_module._model.cache_clear()
     with pytest.raises(gr.Error, match="invalid option temperature=7.0 for model vae"):
         app_module.sample_images("vae", 0, 2, {"temperature": 7.0})
-    with pytest.raises(gr.Error, match="count must be between 1 and 64"):
+    with pytest.raises(gr.Error, match="count must be a whole number from 1 to 64, got 0"):
         app_module.sample_images("vae", 0, 0, {})
     with pytest.raises(gr.Error, match="unknown model 'nope'"):
         app_module.sample_images("nope", 0, 1, {})
@@ -126,7 +132,8 @@ def test_drawing_is_cleaned_up(served, tmp_path):
 
     sketch = {"background": None, "layers": [], "composite": handle_file(str(path))}
     digit, cleaned = served.predict("ddpm", sketch, 0.3, 0, api_name="/image_to_image")
-    assert Image.open(digit).size == (224, 224) and Image.open(cleaned).size == (224, 224)
+    # prepared at the model's own size (the tiny DDPM's 8x8), shown 8x
+    assert Image.open(digit).size == (64, 64) and Image.open(cleaned).size == (64, 64)
 
 
 def test_empty_drawing_is_a_clear_error():
@@ -146,18 +153,26 @@ def test_latent_tab_interpolates_with_each_familys_own_method(served, model_id):
 
 
 def test_prompt_tab_shows_a_heatmap_per_token(served):
-    image, heatmaps, caption = served.predict("ldm", "a thick 7", 3.0, 4, 0, api_name="/prompt_attention")
+    image, heatmaps, table, caption = served.predict("ldm", "a thick 7", 3.0, 4, 0, api_name="/prompt_attention")
     assert Image.open(image).size == (64, 64)
-    assert [h["caption"].split(":")[0] for h in heatmaps] == ["[CLS]", "a", "thick", "7"]
-    shares = [float(h["caption"].split(": ")[1].split("%")[0]) for h in heatmaps]
-    assert all("stroke AUC" in h["caption"] and "x on strokes" in h["caption"] for h in heatmaps)
+    assert heatmaps is not None  # one figure: a tile per token, its numbers under it, one colour scale
+    rows = table["data"]
+    assert [row[0] for row in rows] == ["[CLS]", "a", "thick", "7"]
+    shares = [float(row[1].rstrip("%")) for row in rows]
+    assert all(0.0 <= float(row[2]) <= 1.0 and row[3].endswith("x") for row in rows)  # stroke AUC, contrast
     assert sum(shares) == pytest.approx(100, abs=2)  # the tokens share all the attention
     assert "8 network evaluations" in caption
 
 
 def test_prompt_tab_explains_an_awkward_prompt(served):
-    _, _, caption = served.predict("ldm", "draw a twelve", 3.0, 2, 0, api_name="/prompt_attention")
+    _, _, _, caption = served.predict("ldm", "draw a twelve", 3.0, 2, 0, api_name="/prompt_attention")
     assert "words the model never saw are ignored: draw, twelve" in caption
+
+
+def test_an_empty_prompt_shows_no_meaningless_start_token_map(served):
+    image, heatmaps, table, caption = served.predict("ldm", "", 1.0, 2, 0, api_name="/prompt_attention")
+    assert Image.open(image).size == (64, 64) and heatmaps is None
+    assert "empty prompt: sampling unconditionally" in caption and "no word to show attention for" in caption
 
 
 @pytest.mark.parametrize("model_id, size_text", [("vae", "latent size 4 vs 64 pixels"),

@@ -103,6 +103,18 @@ def test_awkward_prompts_have_a_documented_fallback(prompt, note):
     assert torch.isfinite(result.images).all()
 
 
+def test_a_long_prompt_keeps_its_digit_word():
+    # unknown words are dropped before the prompt is cut to 8 tokens ([CLS] + 7 words), not after
+    model = tiny_ldm(start_token=True, causal_text=True)
+    prompt, notes = model.check_prompt("please draw me a really nice thick and slanted seven")
+    assert prompt == "a thick and slanted seven"
+    ids = model.network.tokenizer(prompt, truncation=True, max_length=model.network.config.max_prompt_tokens)["input_ids"]
+    assert model.network.tokenizer.convert_ids_to_tokens(ids) == ["[CLS]", "a", "thick", "and", "slanted", "seven"]
+    assert notes == ["words the model never saw are ignored: draw, me, nice, please, really"]
+    _, notes = model.check_prompt("a thick thin thick thin thick thin thick 7")
+    assert "prompt cut to its first 7 words" in notes  # the eighth token is the start token
+
+
 def test_over_long_prompt_is_rejected_by_the_options():
     with pytest.raises(GenlabError, match="invalid option prompt="):
         LDM.parse_options({"prompt": "7" * 201})

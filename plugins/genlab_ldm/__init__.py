@@ -174,8 +174,12 @@ class LDM(Model):
             unknown = sorted({w for w in words if w not in known})
             if unknown:
                 notes.append(f"words the model never saw are ignored: {', '.join(unknown)}")
-            if len(words) > net.config.max_prompt_tokens:
-                notes.append(f"prompt cut to its first {net.config.max_prompt_tokens} words")
+            # unknown words go before the prompt is cut to length, so a long prompt keeps its digit word
+            words = [w for w in words if w in known]
+            text = " ".join(words)
+            room = net.config.max_prompt_tokens - (1 if net.config.start_token else 0)  # [CLS] takes one
+            if len(words) > room:
+                notes.append(f"prompt cut to its first {room} words")
         if captions.parse_prompt(text)["digit"] is None:
             notes.append("no digit 0-9 in the prompt (write '7' or 'seven'): the digit is left to chance")
         return text, notes
