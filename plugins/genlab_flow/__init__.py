@@ -4,10 +4,10 @@ Convention (rectified flow, Liu et al. 2023, in the data-at-0 direction of Esser
 x_t = (1 - t) x_0 + t eps with t in [0, 1], t = 0 the data and t = 1 the noise; the network predicts
 the velocity v = dx_t/dt = eps - x_0 and is trained by its mean squared error. Sampling integrates
 dx/dt = v(x, t) from t = 1 down to 0 on a uniform grid of ``steps`` steps. Euler costs one network
-evaluation (NFE) per step. Heun costs two per step except the last: that step ends at t = 0, where
-the velocity field is E[eps] - x = -x and a correction there would average in a wrong direction, so
-it is an Euler step (as in Karras et al. 2022); Heun with n steps costs 2n - 1 NFE. At every step,
-x̂_0 = x_t - t v is the model's current guess of the clean image.
+evaluation (NFE) per step. Heun costs two per step except the last, which ends at t = 0 and is
+taken as an Euler step, as Karras et al. (2022) do: the evaluation it saves is a large share of a
+2-4 NFE budget. Heun with n steps costs 2n - 1 NFE. At every step, x̂_0 = x_t - t v is the model's
+current guess of the clean image.
 
 Two models, one family:
 - ``flow``: the base flow (1-rectified flow), trained on independent (data, noise) pairs. Its paths
@@ -229,7 +229,7 @@ class Flow(Model):
         """One step of the ODE from time t to s: (x_s, the velocity at (x, t))."""
         v = self._velocity(x, t)
         x_next = x + (s - t) * v
-        if sampler == "heun" and s > 0:  # the step ending at t = 0 stays Euler (see the module docstring)
+        if sampler == "heun" and s > 0:  # the step that ends at t = 0 stays Euler (see the module docstring)
             x_next = x + (s - t) * 0.5 * (v + self._velocity(x_next, s))
         return x_next, v
 
