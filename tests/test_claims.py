@@ -80,3 +80,30 @@ def test_a_feature_extractor_that_ranks_the_families_the_other_way_is_reported()
     assert quality["verdict"] == "depends on the feature extractor"  # not one verdict for both
     assert "inception-v3-tf features rank the two the other way" in quality["why"]
     assert "FID 64.000 on inception-v3-tf" in quality["measured"]["diffusion"]
+
+
+def _with_flow(*fids):
+    """RESULT plus a flow-matching family measured at 1, 2 and 4 NFE (Euler) and 15 (Heun 8)."""
+    result = copy.deepcopy(RESULT)
+    for (nfe, fid), label in zip(zip((1, 2, 4, 15), fids), ("reflow euler-1", "reflow euler-2", "flow euler-4", "flow heun-8")):
+        result["models"].append(_row(label, "flow-matching", latent_shape=[4, 8, 8], fid=fid, nfe=nfe,
+                                     images_per_second=3000.0 / nfe))
+    return result
+
+
+def test_the_flow_family_gets_a_line_in_the_generation_and_speed_claims():
+    claims = {c["aspect"]: c for c in seed_claims(_with_flow(45.0, 38.0, 41.0, 28.0))}
+    line = claims["Generation"]["measured"]["flow-matching"]
+    assert line == ("FID 45.000 ± 1.00 at 1 NFE (reflow euler-1); FID 38.000 ± 1.00 at 2 NFE (reflow euler-2); "
+                    "FID 41.000 ± 1.00 at 4 NFE (flow euler-4); best FID 28.000 ± 1.00 at 15 NFE (flow heun-8)")
+    # at 2 NFE the flow is within the DDPM's best (40 at 20 NFE): "iterative" held only as sampled
+    assert claims["Generation"]["verdict"] == "partly held"
+    assert "matches diffusion's quality at 2 NFE" in claims["Generation"]["why"]
+    speed = claims["Sampling speed"]
+    assert "images/s" in speed["measured"]["flow-matching"] and speed["verdict"] == "held"
+    assert "at 2 NFE (FID 38.000 ± 1.00) samples 50.0x as fast as the DDPM" in speed["why"]
+    # a flow that needs many steps for diffusion's quality leaves the claim as it was
+    claims = {c["aspect"]: c for c in seed_claims(_with_flow(90.0, 70.0, 60.0, 28.0))}
+    assert claims["Generation"]["verdict"] == "held"
+    assert "does not reach diffusion's quality in 4 NFE or fewer" in claims["Generation"]["why"]
+    assert "flow-matching" not in {c["aspect"]: c for c in seed_claims(RESULT)}["Generation"]["measured"]
