@@ -18,7 +18,7 @@ import sys
 import time
 from pathlib import Path
 
-IN_TREE_MODELS = {"vae", "ddpm", "ldm", "ldm-autoencoder"}
+IN_TREE_MODELS = {"vae", "ddpm", "ldm", "ldm-autoencoder", "flow", "flow-reflow"}
 
 
 def free_port() -> int:
