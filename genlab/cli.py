@@ -147,11 +147,14 @@ def datasets():
 @click.option("--dataset", help="Override the config's dataset.")
 def train(config, run_dir, steps, max_minutes, dataset):
     """Train a model from a TOML config; an interrupted run resumes where it stopped."""
+    from .distributed import is_main_process
     from .training import load_config, train as run_training
 
     cfg = load_config(config, steps=steps, max_minutes=max_minutes, dataset=dataset)
     run_dir = Path(run_dir or Path("runs") / Path(config).stem)
     final = run_training(cfg, run_dir, source=config)
+    if not is_main_process():  # launched processes: the main one reports (only it touches the run folder)
+        return
     meta = json.loads((final / "metadata.json").read_text())
     click.echo(
         f"{meta['stop_reason']} at step {meta['steps']}/{meta['target_steps']} in "
@@ -297,7 +300,10 @@ def _main(argv=None):
         click.echo(f"Error: {exc}", err=True)
         sys.exit(1)
     except KeyboardInterrupt as exc:
-        click.echo(f"Stopped: {exc}" if str(exc) else "Stopped.", err=True)
+        from .distributed import is_main_process
+
+        if is_main_process():  # launched processes stop together; the main one says so
+            click.echo(f"Stopped: {exc}" if str(exc) else "Stopped.", err=True)
         sys.exit(130)
     except Exception as exc:  # the safety net: a bug, not a user mistake, still gets one line
         if os.environ.get(DEBUG_VAR):
