@@ -97,3 +97,75 @@ def test_a_batch_too_small_to_cut_is_one_sentence(tmp_path):
     with pytest.raises(GenlabError, match=r"batch_size = 16 cannot be cut into 32 micro-batches"):
         train(TrainConfig(**TRAIN, micro_batches=32), tmp_path / "run", progress=False)
     assert not (tmp_path / "run").exists()
+
+
+# ----- the eval -----------------------------------------------------------------------------------
+def eval_suite(tiny_vae_dir, tiny_ddpm_dir) -> dict:
+    """Two families, two seeds, three shards per seed, the shared measures (likelihood, reconstruction,
+    interpolation) and a row that fails while it samples (more DDIM steps than the tiny DDPM's T)."""
+    return dict(
+        dataset="digits", num_samples=30, batch_size=10, repeats=2, likelihood_images=10, interpolation_pairs=1,
+        interpolation_steps=3,
+        models=[{"id": "vae", "weights": str(tiny_vae_dir), "likelihood": {"k": 2}},
+                {"id": "ddpm", "label": "ddim-3", "weights": str(tiny_ddpm_dir), "options": {"sampler": "ddim", "steps": 3},
+                 "likelihood": {"timesteps": 4}},
+                {"id": "ddpm", "label": "too-many-steps", "weights": str(tiny_ddpm_dir), "options": {"steps": 200}}],
+    )
+
+
+def comparable(metrics: dict) -> dict:
+    """metrics.json without what differs between runs of the same numbers: clocks, dates, machine."""
+    drop = {"created_at", "images_per_second", "latency_ms", "machine", "best_by_family", "claims"}
+
+    def clean(value):
+        if isinstance(value, dict):
+            return {k: clean(v) for k, v in value.items() if k not in drop}
+        return [clean(v) for v in value] if isinstance(value, list) else value
+
+    return clean(metrics)
+
+
+@pytest.fixture(scope="module")
+def one_process_eval(tmp_path_factory, tiny_vae_dir, tiny_ddpm_dir):
+    from genlab.evals.runner import EvalConfig, run_eval
+
+    out = tmp_path_factory.mktemp("eval") / "one"
+    run_eval(EvalConfig(name="shared", **eval_suite(tiny_vae_dir, tiny_ddpm_dir)), out_dir=out, workers=1)
+    return json.loads((out / "metrics.json").read_text())
+
+
+def test_two_launched_processes_share_an_eval_and_report_what_one_process_reports(
+        tmp_path, tiny_vae_dir, tiny_ddpm_dir, one_process_eval):
+    suite = tmp_path / "shared.toml"
+    settings = eval_suite(tiny_vae_dir, tiny_ddpm_dir)
+    lines = [f"{k} = {json.dumps(v)}" for k, v in settings.items() if k != "models"]
+    for model in settings["models"]:
+        lines += ["[[models]]", *[f"{k} = {json.dumps(v) if not isinstance(v, dict) else inline(v)}"
+                                  for k, v in model.items()]]
+    suite.write_text("\n".join(lines) + "\n")
+    done = launch(["eval", str(suite), "--out", str(tmp_path / "two")], cwd=tmp_path)
+    assert done.returncode == 1, done.output[-3000:]  # one row failed, as it does in one process
+    assert done.output.count("report: ") == 1 and "1 model(s) failed" in done.output
+    metrics = json.loads((tmp_path / "two" / "metrics.json").read_text())
+    assert metrics["machine"]["processes"] == 2 and len(metrics["machine"]["jobs_per_process"]) == 2
+    assert [r["model"] for r in metrics["models"]] == ["vae", "ddim-3"]
+    assert "steps=200 is more than the model's T=100" in metrics["failed_models"][0]["reason"]
+    assert comparable(metrics) == comparable(one_process_eval)  # every number, exactly
+    assert not (tmp_path / "two" / ".work").exists()  # the launch's claims are gone
+    # each shard drawn once: three per seed and row that samples
+    assert len(list((tmp_path / "two" / "samples").rglob("shard-*.safetensors"))) == 2 * 2 * 3
+
+
+def test_workers_spawned_by_the_runner_report_what_one_process_reports(
+        tmp_path, tiny_vae_dir, tiny_ddpm_dir, one_process_eval):
+    from genlab.evals.runner import EvalConfig, run_eval
+
+    run_eval(EvalConfig(name="shared", **eval_suite(tiny_vae_dir, tiny_ddpm_dir)), out_dir=tmp_path / "run", workers=2)
+    metrics = json.loads((tmp_path / "run" / "metrics.json").read_text())
+    assert metrics["machine"]["processes"] == 2 and metrics["machine"]["threads"] == 1
+    assert len(metrics["machine"]["jobs_per_process"]) == 2
+    assert comparable(metrics) == comparable(one_process_eval)
+
+
+def inline(table: dict) -> str:
+    return "{ " + ", ".join(f"{k} = {json.dumps(v)}" for k, v in table.items()) + " }"
