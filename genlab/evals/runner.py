@@ -21,6 +21,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from genlab.errors import GenlabError
 
 from . import evals_dir
+from .baselines import pixel_histogram_bpd
 from .report import write_report
 
 
@@ -564,6 +565,8 @@ def run_eval(config: EvalConfig, out_dir: str | Path | None = None) -> Path:
                     "cuda": torch.cuda.get_device_name() if torch.cuda.is_available() else None},
         "created_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "real_data_floor": floor,
+        # the "is the model learning anything" line of the likelihood table, on the same held-out images
+        "likelihood_baseline": pixel_histogram_bpd(run.train.images, run.heldout.images[: config.likelihood_images]),
         "models": rows,
         "best_by_family": best_by_family(rows),
     }
