@@ -24,8 +24,11 @@ from genlab.errors import GenlabError
 WEIGHTS = Path(__file__).parent / "weights" / "ddpm-mnist-5k"
 SAMPLERS = ("ddpm", "ddim", "dpm-solver++")
 # the likelihood estimator's budget per image (see DDPM.bits_per_dim): the first EXACT_TERMS terms
-# of the bound exactly, the rest from STRATA stratified draws
-EXACT_TERMS = 100
+# of the bound exactly, the rest from STRATA stratified draws; 100 network calls, as many as the old
+# evenly spaced estimator. On the bundled model (200 held-out digits, all 1000 terms) t = 1 holds
+# 53% of the bound, t <= 10 77%, t <= 50 90%; drawing t from the measured terms, 50 exact + 50
+# strata moved the 200-image mean by 0.0008 bits/dim (sd), 1 exact + 99 strata by 0.03
+EXACT_TERMS = 50
 STRATA = 50
 
 
