@@ -17,6 +17,9 @@ from genlab.errors import GenlabError
 from genlab.interpolation import interpolate_latents
 
 WEIGHTS = Path(__file__).parent / "weights" / "vae-mnist-5k"
+# the bundled sets, by folder name: vae-mnist-5k (Bernoulli decoder, the default) and
+# vae-dlogistic-mnist-5k (mixture of discretized logistics: exact probabilities of 8-bit values)
+BUNDLED = WEIGHTS.parent
 
 
 class VAE(Model):
@@ -38,6 +41,12 @@ class VAE(Model):
         output: Literal["mean", "sample"] = Field(
             "mean", description="Show the decoder's mean E[x|z] or a draw from p(x|z)"
         )
+
+    def __init__(self, weights=None):
+        # a bundled set may be named by its folder (``--weights vae-dlogistic-mnist-5k``)
+        if weights is not None and not Path(str(weights)).expanduser().exists() and (BUNDLED / str(weights)).is_dir():
+            weights = BUNDLED / str(weights)
+        super().__init__(weights)
 
     @classmethod
     def network_class(cls):
