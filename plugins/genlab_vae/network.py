@@ -134,6 +134,8 @@ class VAENetwork(ModelMixin, ConfigMixin):
         kind = self.config.likelihood
         if density and kind == "bernoulli":
             kind = "continuous-bernoulli"
+        if density and kind in DISCRETE:
+            out = out.double()  # reported probabilities: float64, so that the 784-pixel sums are exact
         if kind == "discretized-logistic":
             per_pixel = D.logistic_mixture_log_prob(D.to_levels(x), out, self.config.components)
         elif kind == "categorical":
