@@ -30,6 +30,7 @@ from genlab.errors import GenlabError, describe
 from genlab.models import MAX_SEED
 
 from . import evals_dir
+from .baselines import pixel_histogram_bpd
 from .report import write_report
 
 
@@ -158,7 +159,7 @@ QUALITY = ("fid", "kid", "inception_score", "precision", "recall", "density", "c
            "eq_fid", "eq_kid", "eq_precision", "eq_recall", "eq_density", "eq_coverage")
 # bump when what a cached floor or row holds changes: older cached results are then measured again
 # (sample shards are kept: they depend only on the model, its weights, options, N, batch and seed)
-CACHE_VERSION = 2
+CACHE_VERSION = 3  # 2: equal-N metrics and FID at infinity; 3: unbiased DDPM bound, exact continuous-Bernoulli normaliser
 
 
 def mean_and_spread(runs: list[dict]) -> dict:
@@ -1015,6 +1016,8 @@ def run_eval(config: EvalConfig, out_dir: str | Path | None = None, *, workers: 
                     "cuda": torch.cuda.get_device_name() if torch.cuda.is_available() else None},
         "created_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "real_data_floor": floor,
+        # the "is the model learning anything" line of the likelihood table, on the same held-out images
+        "likelihood_baseline": pixel_histogram_bpd(run.train.images, run.heldout.images[: config.likelihood_images]),
         "models": rows,
         "failed_models": failed_models,  # each with the reason it has no row
         "best_by_family": best_by_family(rows),
