@@ -108,7 +108,7 @@ def eval_suite(tiny_vae_dir, tiny_ddpm_dir) -> dict:
         interpolation_steps=3,
         models=[{"id": "vae", "weights": str(tiny_vae_dir), "likelihood": {"k": 2}},
                 {"id": "ddpm", "label": "ddim-3", "weights": str(tiny_ddpm_dir), "options": {"sampler": "ddim", "steps": 3},
-                 "likelihood": {"timesteps": 4}},
+                 "likelihood": {"exact_terms": 2, "strata": 2}},
                 {"id": "ddpm", "label": "too-many-steps", "weights": str(tiny_ddpm_dir), "options": {"steps": 200}}],
     )
 
