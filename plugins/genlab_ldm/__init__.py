@@ -17,6 +17,7 @@ from pydantic import Field
 import genlab
 from genlab import Capability, Model, Samples, unwrap
 from genlab.errors import GenlabError
+from genlab.schedules import set_timesteps
 
 WEIGHTS = Path(__file__).parent / "weights"
 
@@ -207,7 +208,7 @@ class LDM(Model):
             raise GenlabError(f"steps={opts.steps} is more than the model's T={net.config.num_train_timesteps}")
         generator = torch.Generator().manual_seed(seed)
         scheduler = net.scheduler(opts.sampler)
-        scheduler.set_timesteps(opts.steps)
+        set_timesteps(scheduler, opts.steps, opts.sampler)
         c = net.config
         z = torch.randn((count, c.latent_channels, c.latent_size, c.latent_size), generator=generator)
         z = z * scheduler.init_noise_sigma
