@@ -311,3 +311,6 @@ def test_bound_estimator_rejects_a_budget_it_cannot_use(trained_tiny):
     model, x = trained_tiny
     with pytest.raises(GenlabError, match="exact_terms"):
         model.bits_per_dim(x, exact_terms=0)
+    # no strata and too few exact terms would silently drop the rest of the bound
+    with pytest.raises(GenlabError, match="strata=0 needs exact_terms="):
+        model.bits_per_dim(x, exact_terms=3, strata=0)
