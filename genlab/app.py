@@ -663,14 +663,18 @@ def measured_rows() -> list[dict]:
 
 
 def _same_setting(model_cls, row_options: dict, options: dict) -> bool:
-    """Whether a report row measured these options (parsed by the model, the prompt aside)."""
+    """Whether a report row measured these options (parsed by the model, the prompt aside, and the
+    runtime's backend and precision, which change speed but not, measurably, the samples)."""
+    from .runtime import RUNTIME_OPTIONS
+
     try:
         a = model_cls.parse_options({k: v for k, v in (row_options or {}).items()}).model_dump()
         b = model_cls.parse_options(options).model_dump()
     except GenlabError:
         return False
-    a.pop("prompt", None)
-    b.pop("prompt", None)
+    for key in ("prompt", *RUNTIME_OPTIONS):
+        a.pop(key, None)
+        b.pop(key, None)
     return a == b
 
 
@@ -695,7 +699,10 @@ def best_options(model_cls, rows: list[dict] | None = None) -> dict:
         best = min(newest, key=lambda r: r["fid"])
         try:
             parsed = model_cls.parse_options(best.get("options")).model_dump()
-            parsed.pop("prompt", None)
+            from .runtime import RUNTIME_OPTIONS
+
+            for key in ("prompt", *RUNTIME_OPTIONS):  # how this machine runs best is its own choice
+                parsed.pop(key, None)
             return parsed
         except GenlabError:
             pass

@@ -293,13 +293,14 @@ def train(config: TrainConfig, run_dir: str | Path, *, progress: bool = True, ma
 
     from .datasets import load_dataset
     from .registry import get_model_class, guard
+    from .runtime import resolve_device
 
     run_dir = Path(run_dir)
     model_class = get_model_class(config.model)
     data = load_dataset(config.dataset, "train", seed=config.seed, heldout_fraction=config.heldout_fraction)
 
     version = code_version()  # at the start: edits made while a long run trains are not part of it
-    accelerator = Accelerator()
+    accelerator = Accelerator(cpu=resolve_device().type == "cpu")  # --device / GENLAB_DEVICE; else accelerate's pick
     torch.manual_seed(config.seed)
     network = build_network(model_class, config, source)  # a bad [network] table leaves no folder behind
     with guard(config.model, "start"):

@@ -14,6 +14,8 @@ from diffusers.configuration_utils import register_to_config
 from torch import nn
 from torch.nn import functional as F
 
+from genlab.runtime import rand, randn  # CPU generators, then moved: a seed means the same on every device
+
 LIKELIHOODS = ("gaussian", "bernoulli", "continuous-bernoulli")
 LOG_2PI = math.log(2 * math.pi)
 
@@ -85,9 +87,9 @@ class VAENetwork(ModelMixin, ConfigMixin):
         """A draw from p(x|z), clipped to [0, 1]."""
         kind = self.config.likelihood
         if kind == "gaussian":
-            noise = torch.randn(out.shape, generator=generator, device=out.device)
+            noise = randn(out.shape, generator, device=out.device)
             return (torch.sigmoid(out) + self.log_sigma.exp() * noise).clamp(0, 1)
-        probs = torch.rand(out.shape, generator=generator, device=out.device)
+        probs = rand(out.shape, generator, device=out.device)
         if kind == "bernoulli":
             return (probs < torch.sigmoid(out)).float()
         return torch.distributions.ContinuousBernoulli(logits=out).icdf(probs.clamp(1e-6, 1 - 1e-6))
@@ -122,7 +124,7 @@ class VAENetwork(ModelMixin, ConfigMixin):
     @staticmethod
     def reparameterize(mu, logvar, generator=None):
         """z = mu + sigma * eps with eps ~ N(0, I): the sample stays differentiable in mu and sigma."""
-        eps = torch.randn(mu.shape, generator=generator, device=mu.device)
+        eps = randn(mu.shape, generator, device=mu.device)
         return mu + (0.5 * logvar).exp() * eps
 
     def forward(self, x, generator=None):
@@ -144,7 +146,7 @@ class VAENetwork(ModelMixin, ConfigMixin):
         log_weights = []
         for start in range(0, k, chunk):
             n = min(chunk, k - start)
-            eps = torch.randn((n, *mu.shape), generator=generator, device=mu.device)
+            eps = randn((n, *mu.shape), generator, device=mu.device)
             z = mu + std * eps  # [n, B, D]
             log_q = (-0.5 * eps.pow(2) - 0.5 * logvar - 0.5 * LOG_2PI).sum(-1)
             log_prior = (-0.5 * z.pow(2) - 0.5 * LOG_2PI).sum(-1)
