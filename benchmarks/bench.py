@@ -77,7 +77,7 @@ def compare(name, model, options, what, *, batch, seed, repeats, threads, peaks)
         "seconds": {k: [round(s, 3) for s in v["all"]] for k, v in timed.items()},
         "ratio": round(speed["genlab"] / speed[what], 2),
         "plain_ratio": round(speed["genlab, plain PyTorch fp32"] / speed[what], 2),
-        "genlab_runs_on": {k: ours[k] for k in ("device", "backend", "precision", "layout") if k in ours},
+        "genlab_runs_on": {k: ours[k] for k in ("device", "backend", "precision", "mode") if k in ours},
         "max_abs_diff_vs_baseline": float((timed["genlab"]["result"] - reference).abs().max()),
         "plain_max_abs_diff_vs_baseline": float((timed["genlab, plain PyTorch fp32"]["result"] - reference).abs().max()),
         "unet_gflop_per_call": round(work / calls / 1e9, 3),

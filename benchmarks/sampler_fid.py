@@ -71,7 +71,7 @@ def main(argv=None) -> dict:
             row = rows[name]
             row["fid"].append(round(fid, 2))
             row["seconds"].append(round(seconds, 1))
-            row["runs_on"] = {k: info[k] for k in ("backend", "precision", "layout") if k in info}
+            row["runs_on"] = {k: info[k] for k in ("backend", "precision", "mode") if k in info}
             if first is None:
                 first = images
             else:

@@ -161,16 +161,17 @@ def rand(shape, generator=None, *, device=None, dtype=None):
 @dataclass(frozen=True)
 class Choice:
     """A resolved way to run a network: backend (torch, onnxruntime, openvino), precision (fp32,
-    bf16) and, for torch, the memory format of the activations (contiguous, channels_last)."""
+    bf16) and a mode: for torch the activations' memory format ("" contiguous, "channels_last"); for
+    a graph backend with several threads, "" (one call uses every thread) or "streams" (the batch is cut
+    into one slice per thread, run side by side, each on one thread)."""
 
     backend: str
     precision: str = "fp32"
-    layout: str = "contiguous"
+    mode: str = ""
 
     @property
     def label(self) -> str:
-        extra = f" {self.layout}" if self.backend == "torch" and self.layout != "contiguous" else ""
-        return f"{self.backend} {self.precision}{extra}"
+        return f"{self.backend} {self.precision}" + (f" {self.mode}" if self.mode else "")
 
 
 def installed(backend: str) -> bool:
@@ -204,8 +205,9 @@ def _env_backend() -> str | None:
     return value
 
 
-def candidates(backend: str, precision: str, device, bf16_harmless: bool) -> list[Choice]:
-    """The ways to run a network that ``backend`` and ``precision`` (either may be ``auto``) allow here."""
+def candidates(backend: str, precision: str, device, bf16_harmless: bool, threads: int = 1) -> list[Choice]:
+    """The ways to run a network that ``backend`` and ``precision`` (either may be ``auto``) allow here,
+    with ``threads`` threads."""
     if backend == "auto":
         backend = _env_backend() or "auto"
     check_runtime(backend, precision, device)
@@ -219,7 +221,9 @@ def candidates(backend: str, precision: str, device, bf16_harmless: bool) -> lis
         out.append(Choice("torch", p))
         if p == "fp32":
             out.append(Choice("torch", p, "channels_last"))
-        out += [Choice(b, p) for b in GRAPH_BACKENDS if installed(b) and not (b == "onnxruntime" and p == "bf16")]
+        for b in GRAPH_BACKENDS:
+            if installed(b) and not (b == "onnxruntime" and p == "bf16"):
+                out += [Choice(b, p)] + ([Choice(b, p, "streams")] if threads > 1 else [])
     return out
 
 
@@ -286,12 +290,12 @@ def export_graph(module, example: tuple, input_names: list[str], name: str) -> P
 
 
 # ----- runners: one callable per way of running a network ----------------------------------------
-def _buckets(batch: int) -> list[tuple[int, int]]:
-    """(start, padded size) chunks of a batch: powers of two up to GRAPH_CHUNK, then chunks of it, so
-    that OpenVINO compiles a handful of static shapes whatever the batch."""
+def _buckets(batch: int, largest: int = GRAPH_CHUNK) -> list[tuple[int, int]]:
+    """(start, padded size) chunks of a batch: chunks of ``largest`` rows, the last one padded to a power
+    of two, so that OpenVINO compiles a handful of static shapes whatever the batch."""
     out, start = [], 0
     while start < batch:
-        size = min(batch - start, GRAPH_CHUNK)
+        size = min(batch - start, largest)
         out.append((start, 1 << (size - 1).bit_length()))
         start += size
     return out
@@ -304,7 +308,7 @@ class TorchRunner:
         import torch
 
         self.module, self.device, self.choice = module, device, choice
-        self.memory_format = torch.channels_last if choice.layout == "channels_last" else torch.contiguous_format
+        self.memory_format = torch.channels_last if choice.mode == "channels_last" else torch.contiguous_format
 
     def __call__(self, *inputs):
         import contextlib
@@ -312,7 +316,7 @@ class TorchRunner:
         import torch
 
         inputs = [x.to(self.device) for x in inputs]
-        if self.choice.layout == "channels_last":
+        if self.choice.mode == "channels_last":
             inputs = [x.contiguous(memory_format=torch.channels_last) if x.dim() == 4 else x for x in inputs]
         autocast = (torch.autocast(self.device.type, dtype=torch.bfloat16) if self.choice.precision == "bf16"
                     else contextlib.nullcontext())
@@ -324,36 +328,59 @@ class TorchRunner:
         return out.float().contiguous()
 
 
-class OnnxRuntimeRunner:
-    """The exported graph on ONNX Runtime's CPU provider, with PyTorch's thread count."""
+def _slices(batch: int, parts: int) -> list[tuple[int, int]]:
+    """(start, stop) of ``parts`` near-equal slices of a batch (fewer when the batch is smaller)."""
+    parts = max(1, min(parts, batch))
+    edges = [round(i * batch / parts) for i in range(parts + 1)]
+    return list(zip(edges, edges[1:]))
 
-    def __init__(self, path: Path, input_names: list[str], threads: int):
+
+class OnnxRuntimeRunner:
+    """The exported graph on ONNX Runtime's CPU provider: one call on ``threads`` threads, or with
+    ``streams`` > 1 the batch cut into that many slices run side by side on one thread each."""
+
+    def __init__(self, path: Path, input_names: list[str], threads: int, streams: int = 1):
         import onnxruntime as ort
 
         options = ort.SessionOptions()
-        options.intra_op_num_threads = threads
+        options.intra_op_num_threads = 1 if streams > 1 else threads
         options.inter_op_num_threads = 1
         options.log_severity_level = 3
         self.session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
         used = {i.name for i in self.session.get_inputs()}  # the exporter drops inputs the network ignores
         self.input_names = [n if n in used else None for n in input_names]
+        self.streams = streams
+        self.pool = None
+        if streams > 1:
+            from concurrent.futures import ThreadPoolExecutor
+
+            self.pool = ThreadPoolExecutor(streams, thread_name_prefix="genlab-onnxruntime")
+
+    def _run(self, arrays):
+        feeds = {n: a for n, a in zip(self.input_names, arrays) if n}
+        return self.session.run(None, feeds)[0]  # releases the GIL: slices run in parallel
 
     def __call__(self, *inputs):
+        import numpy as np
         import torch
 
-        feeds = {n: x.detach().cpu().contiguous().numpy() for n, x in zip(self.input_names, inputs) if n}
-        return torch.from_numpy(self.session.run(None, feeds)[0])
+        arrays = [x.detach().cpu().contiguous().numpy() for x in inputs]
+        if self.pool is None:
+            return torch.from_numpy(self._run(arrays))
+        parts = [[a[start:stop] for a in arrays] for start, stop in _slices(len(arrays[0]), self.streams)]
+        return torch.from_numpy(np.concatenate(list(self.pool.map(self._run, parts))))
 
 
 class OpenVinoRunner:
     """The exported graph compiled by OpenVINO for the CPU, one static shape per batch bucket (static
-    shapes run about 1.5x faster than a dynamic batch), in f32 or bf16."""
+    shapes run about 1.5x faster than a dynamic batch), in f32 or bf16: one stream on ``threads``
+    threads, or ``streams`` one-thread streams running slices of the batch side by side."""
 
     _core = None
     _core_lock = threading.Lock()
 
-    def __init__(self, path: Path, input_names: list[str], threads: int, precision: str):
-        self.path, self.input_names, self.threads = path, input_names, threads
+    def __init__(self, path: Path, input_names: list[str], threads: int, precision: str, streams: int = 1):
+        self.path, self.input_names, self.threads, self.streams = path, input_names, threads, streams
         self.precision = "bf16" if precision == "bf16" else "f32"
         self.compiled: dict = {}
         self.lock = threading.Lock()
@@ -362,6 +389,13 @@ class OpenVinoRunner:
     def core(cls):
         with cls._core_lock:
             if cls._core is None:
+                import sys
+
+                if "openvino" not in sys.modules:
+                    # a lab tool does not phone home: importing openvino starts its model converter's
+                    # usage telemetry (a process forked per event) unless the telemetry package is
+                    # absent, in which case OpenVINO uses its own no-op stub
+                    sys.modules.setdefault("openvino_telemetry", None)
                 import openvino as ov
 
                 core = ov.Core()
@@ -371,17 +405,19 @@ class OpenVinoRunner:
                 cls._core = core
             return cls._core
 
-    def _request(self, shapes: tuple):
+    def _queue(self, shapes: tuple):
+        """An infer queue (one request per stream) of the network compiled for these input shapes."""
         if shapes not in self.compiled:
-            core = self.core()
+            core = self.core()  # first: it imports openvino without its telemetry
+            import openvino as ov
+
             model = core.read_model(str(self.path))
             used = {name for port in model.inputs for name in port.get_names()}
             model.reshape({n: list(s) for n, s in zip(self.input_names, shapes) if n in used})
             self.used = used
-            compiled = core.compile_model(model, "CPU", {
-                "INFERENCE_NUM_THREADS": self.threads, "INFERENCE_PRECISION_HINT": self.precision,
-                "PERFORMANCE_HINT": "LATENCY", "NUM_STREAMS": 1})
-            self.compiled[shapes] = compiled.create_infer_request()
+            config = {"INFERENCE_NUM_THREADS": self.threads, "INFERENCE_PRECISION_HINT": self.precision,
+                      "NUM_STREAMS": self.streams, "PERFORMANCE_HINT": "LATENCY" if self.streams == 1 else "THROUGHPUT"}
+            self.compiled[shapes] = ov.AsyncInferQueue(core.compile_model(model, "CPU", config), self.streams)
         return self.compiled[shapes]
 
     def __call__(self, *inputs):
@@ -389,16 +425,30 @@ class OpenVinoRunner:
 
         arrays = [x.detach().cpu().contiguous() for x in inputs]
         batch = arrays[0].shape[0]
-        outs = []
-        with self.lock:  # an infer request runs one call at a time
-            for start, size in _buckets(batch):
-                chunk = [a[start:start + size] for a in arrays]
-                real = chunk[0].shape[0]
-                if real < size:  # rows are independent: pad with copies of the last row, drop them after
-                    chunk = [torch.cat([c, c[-1:].expand(size - real, *c.shape[1:])]) for c in chunk]
-                request = self._request(tuple(tuple(c.shape) for c in chunk))
-                request.infer({n: c.numpy() for n, c in zip(self.input_names, chunk) if n in self.used})
-                outs.append(torch.from_numpy(request.get_output_tensor(0).data[:real].copy()))
+        # one slice per stream (a power of two, so that few shapes are compiled), at most GRAPH_CHUNK rows
+        largest = min(GRAPH_CHUNK, 1 << (-(-batch // self.streams) - 1).bit_length())
+        plan = _buckets(batch, largest)
+        outs: list = [None] * len(plan)
+        groups: dict = {}
+        for index, (start, size) in enumerate(plan):
+            chunk = [a[start:start + size] for a in arrays]
+            real = chunk[0].shape[0]
+            if real < size:  # rows are independent: pad with copies of the last row, drop them after
+                chunk = [torch.cat([c, c[-1:].expand(size - real, *c.shape[1:])]) for c in chunk]
+            groups.setdefault(tuple(tuple(c.shape) for c in chunk), []).append((index, real, chunk))
+        with self.lock:  # a queue's requests serve one call at a time
+            for shapes, items in groups.items():
+                queue = self._queue(shapes)
+                rows = {index: real for index, real, _ in items}
+
+                def done(request, index, rows=rows):
+                    outs[index] = torch.from_numpy(request.get_output_tensor(0).data[:rows[index]].copy())
+
+                queue.set_callback(done)
+                for index, _, chunk in items:
+                    queue.start_async({n: c.numpy() for n, c in zip(self.input_names, chunk) if n in self.used},
+                                      userdata=index)
+                queue.wait_all()
         return torch.cat(outs) if len(outs) > 1 else outs[0]
 
 
@@ -409,9 +459,10 @@ def make_runner(choice: Choice, module, example: tuple, input_names: list[str], 
         return TorchRunner(module, device, choice)
     path = export_graph(module, example, input_names, name)
     threads = torch.get_num_threads()
+    streams = threads if choice.mode == "streams" else 1
     if choice.backend == "onnxruntime":
-        return OnnxRuntimeRunner(path, input_names, threads)
-    return OpenVinoRunner(path, input_names, threads, choice.precision)
+        return OnnxRuntimeRunner(path, input_names, threads, streams)
+    return OpenVinoRunner(path, input_names, threads, choice.precision, streams)
 
 
 # ----- the probe ---------------------------------------------------------------------------------
@@ -514,6 +565,9 @@ def _load() -> float | None:
 
 
 # ----- what models call --------------------------------------------------------------------------
+_PROBING = threading.RLock()
+
+
 class NetworkRunner:
     """A network's forward pass run the resolved way: ``runner(*inputs)`` returns a float32 tensor on
     the model's device. ``choice`` says how it runs and ``record`` what the probe measured, if it ran."""
@@ -532,24 +586,24 @@ def network_runner(owner, name: str, module, example: Callable[[int], tuple], in
     and the probe. Runners are kept on ``owner``, one per choice and thread count."""
     import torch
 
-    options = candidates(backend, precision, device, bf16_harmless)
-    cache = owner.__dict__.setdefault("_genlab_runners", {})
     threads = torch.get_num_threads()
-    graph_name = f"{name}"
+    options = candidates(backend, precision, device, bf16_harmless, threads)
+    cache = owner.__dict__.setdefault("_genlab_runners", {})
 
     def build(choice: Choice):
         key = (name, id(module), choice, str(device), threads)
         if key not in cache:
-            cache[key] = make_runner(choice, module, example(1), input_names, graph_name, device)
+            cache[key] = make_runner(choice, module, example(1), input_names, name, device)
         return cache[key]
 
     if len(options) == 1:
         return NetworkRunner(build(options[0]), options[0])
     memo = (name, id(module), tuple(options), str(device), threads)
-    if memo not in cache:  # the probe (or its cached result on disk), once per process
-        probe_key = {"network": fingerprint(module), "name": name, "options": [c.label for c in options],
-                     "machine": machine_key(device)}
-        cache[memo] = probe(options, build, example(PROBE_BATCH), probe_key)
+    with _PROBING:  # one probe at a time: two at once would time each other
+        if memo not in cache:  # the probe (or its cached result on disk), once per process
+            probe_key = {"network": fingerprint(module), "name": name, "options": [c.label for c in options],
+                         "machine": machine_key(device)}
+            cache[memo] = probe(options, build, example(PROBE_BATCH), probe_key)
     choice, record = cache[memo]
     return NetworkRunner(build(choice), choice, record)
 
@@ -557,7 +611,7 @@ def network_runner(owner, name: str, module, example: Callable[[int], tuple], in
 def describe_choice(runner: NetworkRunner, device) -> dict:
     """What ran a sampler, for ``Samples.info`` and the benchmarks."""
     return {"device": str(device), "backend": runner.choice.backend, "precision": runner.choice.precision,
-            **({"layout": runner.choice.layout} if runner.choice.backend == "torch" else {})}
+            **({"mode": runner.choice.mode} if runner.choice.mode else {})}
 
 
 __all__ = [

@@ -329,8 +329,7 @@ def test_auto_probes_once_per_machine_and_weights(cache):
     record = model.runner("auto", "fp32").record
     assert set(record["seconds"]) | set(record["refused"]) == {
         "torch fp32", "torch fp32 channels_last", "onnxruntime fp32", "openvino fp32"}
-    assert record["choice"] == f"{result.info['backend']} fp32" + (
-        " channels_last" if result.info.get("layout") == "channels_last" else "")
+    assert record["choice"] == f"{result.info['backend']} fp32" + (f" {result.info['mode']}" if "mode" in result.info else "")
     fresh = tiny_ddpm()  # same weights in a new instance: the record on disk is reused
     assert fresh.runner("auto", "fp32").record["measured_at"] == record["measured_at"]
 
@@ -349,3 +348,16 @@ def test_outputs_come_back_on_the_cpu():
     x = torch.rand(2, 1, 8, 8)
     assert d.encode(x, steps=3, refine=0).device.type == "cpu"
     assert d.decode(torch.randn(2, 1, 8, 8), steps=3).device.type == "cpu"
+
+
+@pytest.mark.skipif(not HAVE["openvino"], reason="openvino is not installed")
+def test_openvino_is_loaded_without_its_usage_telemetry(tmp_path):
+    import subprocess
+    import sys
+
+    code = ("import sys; from genlab.runtime import OpenVinoRunner; OpenVinoRunner.core(); "
+            "print(sys.modules.get('openvino_telemetry') is None, 'openvino' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120,
+                         env={**__import__("os").environ, "HOME": str(tmp_path)})
+    assert out.stdout.split() == ["True", "True"], out.stderr
+    assert not (tmp_path / "intel").exists()  # no telemetry id written to the home folder
