@@ -1500,8 +1500,16 @@ def launch(demo: gr.Blocks, *, host: str = "127.0.0.1", port: int | None = None,
     if warm_up is None:
         warm_up = os.environ.get("GENLAB_APP_WARMUP", "1") != "0"
     demo.queue(default_concurrency_limit=None)  # model work is limited by its own group (model_event)
-    _, url, _ = demo.launch(server_name=host, server_port=port, prevent_thread_lock=True, share=False,
-                            quiet=not block, max_file_size=MAX_FILE_SIZE, css=CSS)
+    for attempt in range(3):
+        try:
+            _, url, _ = demo.launch(server_name=host, server_port=port, prevent_thread_lock=True, share=False,
+                                    quiet=not block, max_file_size=MAX_FILE_SIZE, css=CSS)
+            break
+        except ValueError as exc:
+            # Gradio starts the server, then gives it one 3-second HEAD request to answer; on a busy
+            # machine that times out. The server is up by then: asking again re-checks it.
+            if "localhost is not accessible" not in str(exc) or attempt == 2:
+                raise
     if warm_up and getattr(demo, "genlab_warm_up", None) is not None:
         demo.genlab_warm_up.start()
     if block:

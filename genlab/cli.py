@@ -166,11 +166,14 @@ def datasets():
 @device_option("training")
 def train(config, run_dir, steps, max_minutes, dataset):
     """Train a model from a TOML config; an interrupted run resumes where it stopped."""
+    from .distributed import is_main_process
     from .training import load_config, train as run_training
 
     cfg = load_config(config, steps=steps, max_minutes=max_minutes, dataset=dataset)
     run_dir = Path(run_dir or Path("runs") / Path(config).stem)
     final = run_training(cfg, run_dir, source=config)
+    if not is_main_process():  # launched processes: the main one reports (only it touches the run folder)
+        return
     meta = json.loads((final / "metadata.json").read_text())
     click.echo(
         f"{meta['stop_reason']} at step {meta['steps']}/{meta['target_steps']} in "
@@ -243,12 +246,16 @@ def sample(model_id, weights, count, seed, option_pairs, output, scale):
               help="Sample sets per model (seeds seed, seed+1, ...); quality is reported as mean ± std.")
 @click.option("--feature-extractor", default="mnist-classifier", show_default=True)
 @click.option("--out", type=click.Path(file_okay=False), help="Report folder (default evals/runs/<name>).")
+@click.option("--workers", type=click.IntRange(1, 256), envvar="GENLAB_EVAL_WORKERS",
+              help="Processes that share the eval, one thread each [default: one per CPU core this process may "
+                   "use, up to 8; 1 with a GPU]. Under torchrun or accelerate launch, the launched processes share it.")
 @device_option("every model and feature network")
-def eval_cmd(suite, models, dataset, num_samples, seed, repeats, feature_extractor, out):
+def eval_cmd(suite, models, dataset, num_samples, seed, repeats, feature_extractor, out, workers):
     """Sample every model on equal terms and write report.md and metrics.json.
 
     Samples are saved in shards as they are made: after a crash or Ctrl-C, the same command
     resumes where the run stopped."""
+    from genlab.evals.parallel import default_workers
     from genlab.evals.runner import EvalConfig, default_run_dir, load_suite, run_eval
 
     if suite:
@@ -265,10 +272,12 @@ def eval_cmd(suite, models, dataset, num_samples, seed, repeats, feature_extract
     folder = out or default_run_dir(config)
     try:
         with _sigterm_as_interrupt():
-            report = run_eval(config, out_dir=folder)
+            report = run_eval(config, out_dir=folder, workers=workers or default_workers())
     except KeyboardInterrupt:
         raise KeyboardInterrupt(f"eval interrupted; finished shards are kept in {folder}: "
                                 "run the same command again to resume") from None
+    if report is None:  # a launched process that shared the work; the main one writes the report
+        return
     click.echo(f"report: {report}")
     failed = json.loads((Path(report).parent / "metrics.json").read_text()).get("failed_models", [])
     if failed:
@@ -300,6 +309,10 @@ _python_showwarning = warnings.showwarning
 
 
 def main(argv=None):
+    from .distributed import is_main_process
+
+    if not is_main_process():  # launched processes: one set of progress bars, the main process's
+        os.environ.setdefault("TQDM_DISABLE", "1")
     warnings.showwarning = _show_warning
     try:
         _main(argv)
@@ -321,7 +334,10 @@ def _main(argv=None):
         click.echo(f"Error: {exc}", err=True)
         sys.exit(1)
     except KeyboardInterrupt as exc:
-        click.echo(f"Stopped: {exc}" if str(exc) else "Stopped.", err=True)
+        from .distributed import is_main_process
+
+        if is_main_process():  # launched processes stop together; the main one says so
+            click.echo(f"Stopped: {exc}" if str(exc) else "Stopped.", err=True)
         sys.exit(130)
     except Exception as exc:  # the safety net: a bug, not a user mistake, still gets one line
         if os.environ.get(DEBUG_VAR):

@@ -268,8 +268,9 @@ def _inception_feature_extractor(resize: str = "pytorch-fid"):
 def register_feature_extractors(register):
     register(FeatureExtractorSpec(
         "mnist-classifier", "genlab's MNIST classifier, 128-d features (fast on CPU; bundled)",
-        _mnist_feature_extractor,
-        lambda: _file_fingerprint(CLASSIFIER_WEIGHTS / "diffusion_pytorch_model.safetensors"),
+        _mnist_feature_extractor,  # its preprocessing: /255, bilinear to 28x28, grey, MNIST's mean and std
+        lambda: "u8/255-bilinear28-grey-norm0.1307/0.3081:" + _file_fingerprint(
+            CLASSIFIER_WEIGHTS / "diffusion_pytorch_model.safetensors"),
     ))
     register(FeatureExtractorSpec(
         "inception-v3-tf", "standard FID Inception-v3 (TF 2015-12-05 weights), 2048-d; pytorch-fid's bilinear resize to 299x299",

@@ -580,14 +580,24 @@ class NetworkRunner:
 
 
 def network_runner(owner, name: str, module, example: Callable[[int], tuple], input_names: list[str], *,
-                   device, backend: str = "auto", precision: str = "auto", bf16_harmless: bool = False) -> NetworkRunner:
+                   device, backend: str = "auto", precision: str = "auto", bf16_harmless: bool = False,
+                   mode: str | None = None) -> NetworkRunner:
     """How ``owner`` (a model) runs ``module``: ``module`` takes the tensors named ``input_names`` (batch
     first) and returns one tensor; ``example(batch)`` makes inputs of that batch size for the export
-    and the probe. Runners are kept on ``owner``, one per choice and thread count."""
+    and the probe. Runners are kept on ``owner``, one per choice and thread count.
+
+    ``mode`` pins one exact way to run, with no probe: backend ``torch``, precision ``fp32`` or ``bf16``
+    and that memory format ("" or "channels_last"), for a computation whose float32 rounding must not
+    depend on the machine (a published likelihood)."""
     import torch
 
     threads = torch.get_num_threads()
-    options = candidates(backend, precision, device, bf16_harmless, threads)
+    if mode is not None:
+        if backend != "torch" or precision not in ("fp32", "bf16") or mode not in ("", "channels_last"):
+            raise ValueError(f"mode {mode!r} pins a torch runner: give backend 'torch' and precision fp32 or bf16")
+        options = [Choice(backend, precision, mode)]
+    else:
+        options = candidates(backend, precision, device, bf16_harmless, threads)
     cache = owner.__dict__.setdefault("_genlab_runners", {})
 
     def build(choice: Choice):

@@ -190,6 +190,29 @@ def test_ldm_on_the_cpu_gives_the_images_of_its_plain_loop():
     torch.testing.assert_close(got.images, expected, atol=0, rtol=0)
 
 
+def test_the_likelihood_bound_runs_pytorch_fp32_channels_last_whatever_the_backend(monkeypatch):
+    """The DDPM bound's published numbers were computed in PyTorch fp32 with channels-last weights and
+    inputs; neither GENLAB_BACKEND nor a sampler's runner (another memory format, a graph backend)
+    changes them by a bit."""
+    import copy
+
+    model = tiny_ddpm()
+    x = torch.randint(0, 256, (6, 1, 8, 8), generator=torch.Generator().manual_seed(1), dtype=torch.uint8)
+    reference = copy.deepcopy(model.network).to(memory_format=torch.channels_last)
+    with monkeypatch.context() as patch:  # the network called as the published bound called it
+        patch.setattr(model, "runner", lambda *args, **kwargs: (
+            lambda x_t, t: reference(x_t.contiguous(memory_format=torch.channels_last), t).sample))
+        expected = model.bits_per_dim(x, seed=0, exact_terms=4, strata=3)["bpd"]
+    backend = next((b for b in runtime.GRAPH_BACKENDS if HAVE[b]), "torch")
+    monkeypatch.setenv(runtime.BACKEND_ENV, backend)
+    assert model.bits_per_dim(x, seed=0, exact_terms=4, strata=3)["bpd"] == expected
+    for options in ({"backend": "torch", "precision": "fp32"}, {"backend": "auto", "precision": "fp32"}):
+        model.sample(2, seed=0, options={"steps": 2, **options})  # the network now runs another way
+        assert model.bits_per_dim(x, seed=0, exact_terms=4, strata=3)["bpd"] == expected
+    with pytest.raises(ValueError, match="pins a torch runner"):
+        model.runner("onnxruntime", "fp32", mode="channels_last")
+
+
 # ----- exported graphs match PyTorch fp32 ---------------------------------------------------------
 @pytest.mark.parametrize("backend", GRAPH)
 def test_graph_backends_match_torch_per_forward_and_over_a_sampler(backend):

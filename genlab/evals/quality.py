@@ -14,9 +14,10 @@ metric is computed from those features.
   not reward a collapsed model: density counts how many real neighbourhoods hold each sample, and
   coverage the share of real neighbourhoods that hold any sample.
 
-Features are cached on disk by the images' content and the extractor's fingerprint
+Features are cached on disk by the images' content (which fixes the dataset, split, N and seed of a
+reference draw) and the extractor's fingerprint (its weights and preprocessing) and device type
 (``GENLAB_CACHE/features``), so the real-data reference and floor are featurized once per machine,
-not once per run.
+not once per run. An eval keeps its samples' features beside its shards, in the run folder.
 """
 
 from __future__ import annotations
@@ -70,8 +71,13 @@ def images_digest(images) -> str:
     return h.hexdigest()[:20]
 
 
-def extract_features(images, extractor: str, *, batch_size: int = 250, cache: bool = True) -> dict:
-    """{feature name: float tensor [N, D]} of uint8 images [N, C, H, W] through ``extractor``."""
+def extract_features(images, extractor: str, *, batch_size: int = 250, cache: bool = True,
+                     cache_dir: Path | None = None) -> dict:
+    """{feature name: float tensor [N, D]} of uint8 images [N, C, H, W] through ``extractor``.
+
+    Cached by the images' content and the extractor's fingerprint in ``cache_dir`` (default: the
+    machine-wide feature cache, for real data; an eval keeps its samples' features in its run folder).
+    """
     import torch
     from safetensors.torch import load_file, save_file
     from torch_fidelity.utils import get_featuresdict_from_dataset
@@ -80,8 +86,11 @@ def extract_features(images, extractor: str, *, batch_size: int = 250, cache: bo
     path = None
     if cache:
         fingerprint = spec.fingerprint() if spec.fingerprint else ""
-        tag = hashlib.sha256(f"{extractor}|{fingerprint}".encode()).hexdigest()[:10]
-        path = feature_cache_dir() / f"{extractor}-{tag}" / f"{images_digest(images)}.safetensors"
+        # features made on another kind of device differ in the last digits: kept apart
+        device = next(net.parameters(), torch.zeros(0)).device.type
+        tag = hashlib.sha256(f"{extractor}|{fingerprint}|{device}".encode()).hexdigest()[:10]
+        folder = Path(cache_dir) if cache_dir is not None else feature_cache_dir()
+        path = folder / f"{extractor}-{tag}" / f"{images_digest(images)}.safetensors"
         if path.is_file():
             try:
                 return load_file(str(path))
