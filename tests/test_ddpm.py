@@ -113,9 +113,17 @@ def test_trajectory_yields_intermediate_states_and_x0_predictions(model):
 
 def test_image_to_image_keeps_the_image_at_low_strength(model):
     x = images()
-    light = model.edit(x, strength=0.05, options={"steps": T})
-    heavy = model.edit(x, strength=1.0, options={"steps": T})
-    assert (light - x).abs().mean() < (heavy - x).abs().mean()
+    for sampler, steps in [("ddim", T), ("dpm-solver++", T - 1)]:
+        light = model.edit(x, strength=0.05, options={"sampler": sampler, "steps": steps})
+        heavy = model.edit(x, strength=1.0, options={"sampler": sampler, "steps": steps})
+        assert (light - x).abs().mean() < (heavy - x).abs().mean()
+
+
+def test_dpm_solver_refuses_a_grid_of_every_timestep_in_one_sentence(model):
+    # such a grid has repeated timesteps, which diffusers' DPM-Solver++ turns into NaN
+    with pytest.raises(GenlabError, match=f"dpm-solver\\+\\+ takes at most {T - 1} steps with this model's noise schedule, got {T}"):
+        model.sample(1, options={"sampler": "dpm-solver++", "steps": T})
+    assert not model.sample(1, options={"sampler": "dpm-solver++", "steps": T - 1}).images.isnan().any()
 
 
 def test_interpolation_starts_and_ends_at_the_images():

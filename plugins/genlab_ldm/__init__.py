@@ -18,6 +18,7 @@ from pydantic import Field
 import genlab
 from genlab import Capability, Model, Samples, runtime, unwrap
 from genlab.errors import GenlabError
+from genlab.schedules import set_timesteps
 
 WEIGHTS = Path(__file__).parent / "weights"
 
@@ -218,11 +219,11 @@ class LDM(Model):
             sample_prompts = [prompt] * count
         if opts.steps > net.config.num_train_timesteps:
             raise GenlabError(f"steps={opts.steps} is more than the model's T={net.config.num_train_timesteps}")
-        # attention maps are recorded by PyTorch attention processors: that needs the torch backend
-        run = self.runner("torch", "fp32") if attention else self.runner(opts.backend, opts.precision)
         generator = torch.Generator().manual_seed(seed)  # on the CPU: the same noise on every device
         scheduler = net.scheduler(opts.sampler)
-        scheduler.set_timesteps(opts.steps)
+        set_timesteps(scheduler, opts.steps, opts.sampler)  # before the runner: a refused grid costs no probe
+        # attention maps are recorded by PyTorch attention processors: that needs the torch backend
+        run = self.runner("torch", "fp32") if attention else self.runner(opts.backend, opts.precision)
         c = net.config
         z = runtime.randn((count, c.latent_channels, c.latent_size, c.latent_size), generator, device=self.device)
         z = z * scheduler.init_noise_sigma

@@ -43,12 +43,6 @@ class VAE(Model):
             "mean", description="Show the decoder's mean E[x|z] or a draw from p(x|z)"
         )
 
-    def __init__(self, weights=None):
-        # a bundled set may be named by its folder (``--weights vae-dlogistic-mnist-5k``)
-        if weights is not None and not Path(str(weights)).expanduser().exists() and (BUNDLED / str(weights)).is_dir():
-            weights = BUNDLED / str(weights)
-        super().__init__(weights)
-
     @classmethod
     def network_class(cls):
         from .network import VAENetwork
