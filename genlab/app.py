@@ -663,16 +663,19 @@ def measured_rows() -> list[dict]:
 
 
 def _same_setting(model_cls, row_options: dict, options: dict) -> bool:
-    """Whether a report row measured these options (parsed by the model, the prompt aside, and the
-    runtime's backend and precision, which change speed but not, measurably, the samples)."""
-    from .runtime import RUNTIME_OPTIONS
-
+    """Whether a report row measured these options (parsed by the model, the prompt aside). The
+    backend changes speed, not the samples beyond float rounding, so it is not compared; a precision
+    is, when the request names one (``auto`` keeps float32 unless a model's FID showed bf16 harmless,
+    and the eval measures float32)."""
     try:
         a = model_cls.parse_options({k: v for k, v in (row_options or {}).items()}).model_dump()
         b = model_cls.parse_options(options).model_dump()
     except GenlabError:
         return False
-    for key in ("prompt", *RUNTIME_OPTIONS):
+    if b.get("precision") == "auto":
+        b.pop("precision")
+        a.pop("precision", None)
+    for key in ("prompt", "backend"):
         a.pop(key, None)
         b.pop(key, None)
     return a == b
