@@ -639,7 +639,7 @@ def _report_roots():
 def measured_rows() -> list[dict]:
     """Every model row of every metrics.json on disk (evals/reports/*, evals/runs/*), newest report
     first; each row gains ``report`` (its folder, e.g. reports/bundled) and ``created``. Unreadable
-    files are skipped."""
+    files, and rows measured with other weights than a model's default ones, are skipped."""
     import json
 
     found = []
@@ -656,6 +656,8 @@ def measured_rows() -> list[dict]:
                 continue
             created = str(data.get("created_at") or "")
             for row in rows:
+                if row.get("weights"):  # measured with other weights than the ones the app loads
+                    continue
                 found.append({**row, "report": f"{root.name}/{path.parent.name}", "created": created,
                               "feature_extractor": data.get("feature_extractor")})
     found.sort(key=lambda r: r["created"], reverse=True)

@@ -216,6 +216,13 @@ class Model:
 
     # ----- weights -------------------------------------------------------------------------------
     @classmethod
+    def bundled_weights(cls) -> list[str]:
+        """Names of the bundled sets of weights: the default's folder and the folders beside it."""
+        if cls.default_weights is None or not Path(cls.default_weights).parent.is_dir():
+            return []
+        return sorted(p.name for p in Path(cls.default_weights).parent.iterdir() if (p / "config.json").is_file())
+
+    @classmethod
     def network_class(cls):
         """The diffusers ``ModelMixin`` subclass holding this model's weights."""
         raise NotImplementedError
@@ -249,9 +256,11 @@ class Model:
         network_class = self.network_class()
         if not hub_id:
             if not (local / "config.json").is_file() or not any(local.glob("*.safetensors")):
+                bundled = self.bundled_weights()
                 raise GenlabError(
                     f"no checkpoint at {text}: give a folder that holds config.json and a .safetensors "
-                    "file (a run's final/ folder or one of its checkpoints) or a Hugging Face Hub repo id"
+                    "file (a run's final/ folder or one of its checkpoints), a Hugging Face Hub repo id"
+                    + (f", or a bundled set: {', '.join(bundled)}" if bundled else "")
                 )
             self._check_saved_config(network_class, local / "config.json")
         try:

@@ -233,8 +233,11 @@ def brute_force_bound(model, x_uint8, seed):
         x_t = ab[i].sqrt() * x0 + (1 - ab[i]).sqrt() * eps
         with torch.no_grad():
             # channels-last as the model runs it, so that float32 rounding in the network is the same
-            eps_hat = net(x_t.float().contiguous(memory_format=torch.channels_last), torch.full((len(x0),), i)).sample.double()
-        x0_hat = (x_t - (1 - ab[i]).sqrt() * eps_hat) / ab[i].sqrt()
+            out = net(x_t.float().contiguous(memory_format=torch.channels_last), torch.full((len(x0),), i)).sample.double()
+        if net.config.prediction_type == "v":  # v = sqrt(ab) eps - sqrt(1 - ab) x0
+            x0_hat = ab[i].sqrt() * x_t - (1 - ab[i]).sqrt() * out
+        else:
+            x0_hat = (x_t - (1 - ab[i]).sqrt() * out) / ab[i].sqrt()
         if t == 1:  # discretized Gaussian decoder, sigma^2 = beta_1, over bins of width 2/255, at 30 digits
             mpmath.mp.dps = 30
             sd = mpmath.sqrt(mpmath.mpf(float(betas[0])))
@@ -275,6 +278,17 @@ def test_bound_with_every_term_exact_is_the_brute_force_sum(trained_tiny):
     assert model.bits_per_dim(x, seed=3, exact_terms=60, strata=40, batch_size=len(x))["bpd"] == out["bpd"]
 
 
+def test_bound_of_a_v_prediction_cosine_model_is_the_brute_force_sum():
+    # the bundled DDPM's parametrisation: x0_hat from v, betas from the cosine schedule
+    net = tiny_net(prediction_type="v", beta_schedule="cosine")
+    with torch.no_grad():
+        net.conv_out.weight.mul_(0.1)
+    model = DDPM.from_network(net)
+    x = torch.randint(0, 256, (3, 1, 8, 8), generator=torch.Generator().manual_seed(0), dtype=torch.uint8)
+    out = model.bits_per_dim(x, seed=5, exact_terms=T, batch_size=len(x))
+    assert out["bpd"] == pytest.approx(float(brute_force_bound(model, x, seed=5).mean()), rel=1e-6)
+
+
 def test_stratified_bound_is_unbiased_for_the_all_terms_sum(trained_tiny):
     """Mean over seeds of the stratified estimate against the mean of the all-terms sum over seeds:
     within the estimator's stated error, and within 4 standard errors measured from the seeds."""
@@ -312,3 +326,6 @@ def test_bound_estimator_rejects_a_budget_it_cannot_use(trained_tiny):
     model, x = trained_tiny
     with pytest.raises(GenlabError, match="exact_terms"):
         model.bits_per_dim(x, exact_terms=0)
+    # no strata and too few exact terms would silently drop the rest of the bound
+    with pytest.raises(GenlabError, match="strata=0 needs exact_terms="):
+        model.bits_per_dim(x, exact_terms=3, strata=0)

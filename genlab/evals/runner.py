@@ -1000,8 +1000,10 @@ def run_eval(config: EvalConfig, out_dir: str | Path | None = None, *, workers: 
             continue
         model = models[entry.name]
         try:
-            rows.append(run.cached(f"row-{_slug(entry.name)}", run.row_key(entry, model),
-                                   lambda m=model, e=entry: _measure_model(m, e, run)))
+            row = run.cached(f"row-{_slug(entry.name)}", run.row_key(entry, model),
+                             lambda m=model, e=entry: _measure_model(m, e, run))
+            # which weights (None: the model's default ones), so a row is never taken for another set's
+            rows.append({**row, "weights": entry.weights})
         except KeyboardInterrupt:
             raise
         except (Exception, SystemExit) as exc:  # one model's failure must not cost the others (not cached: retried)

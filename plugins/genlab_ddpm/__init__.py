@@ -362,6 +362,9 @@ class DDPM(Model):
             raise GenlabError(f"exact_terms must be at least 1 and strata at least 0, got {exact_terms} and {strata}")
         net = self.network
         T = net.config.num_train_timesteps
+        if strata == 0 and exact_terms < T:  # no strata would leave the terms after exact_terms out of the bound
+            raise GenlabError(f"strata=0 needs exact_terms={T} (every term of this model's bound), got "
+                              f"exact_terms={exact_terms}; give strata at least 1 to estimate the rest")
         x0 = (images_uint8.double() / 255) * 2 - 1
         n, dims = len(x0), x0[0].numel()
         generator = torch.Generator().manual_seed(seed)
