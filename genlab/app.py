@@ -665,14 +665,21 @@ def measured_rows() -> list[dict]:
 
 
 def _same_setting(model_cls, row_options: dict, options: dict) -> bool:
-    """Whether a report row measured these options (parsed by the model, the prompt aside)."""
+    """Whether a report row measured these options (parsed by the model, the prompt aside). The
+    backend changes speed, not the samples beyond float rounding, so it is not compared; a precision
+    is, when the request names one (``auto`` keeps float32 unless a model's FID showed bf16 harmless,
+    and the eval measures float32)."""
     try:
         a = model_cls.parse_options({k: v for k, v in (row_options or {}).items()}).model_dump()
         b = model_cls.parse_options(options).model_dump()
     except GenlabError:
         return False
-    a.pop("prompt", None)
-    b.pop("prompt", None)
+    if b.get("precision") == "auto":
+        b.pop("precision")
+        a.pop("precision", None)
+    for key in ("prompt", "backend"):
+        a.pop(key, None)
+        b.pop(key, None)
     return a == b
 
 
@@ -697,7 +704,10 @@ def best_options(model_cls, rows: list[dict] | None = None) -> dict:
         best = min(newest, key=lambda r: r["fid"])
         try:
             parsed = model_cls.parse_options(best.get("options")).model_dump()
-            parsed.pop("prompt", None)
+            from .runtime import RUNTIME_OPTIONS
+
+            for key in ("prompt", *RUNTIME_OPTIONS):  # how this machine runs best is its own choice
+                parsed.pop(key, None)
             return parsed
         except GenlabError:
             pass

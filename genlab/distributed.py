@@ -45,11 +45,16 @@ def _without_gpu() -> bool:
 
 
 def accelerator(**kwargs):
-    """An ``accelerate.Accelerator``; launched processes without a GPU join one gloo process group."""
+    """An ``accelerate.Accelerator`` on the CPU when ``genlab.runtime.resolve_device`` says so (``--device``,
+    ``GENLAB_DEVICE``, else CUDA, MPS or the CPU), else on accelerate's own pick of accelerator;
+    launched processes without a GPU join one gloo process group."""
     from accelerate import Accelerator
+
+    from .runtime import resolve_device
 
     if launched_processes() > 1 and _without_gpu():
         kwargs.setdefault("cpu", True)
+    kwargs.setdefault("cpu", resolve_device().type == "cpu")  # a device this machine lacks: one sentence
     return Accelerator(**kwargs)
 
 

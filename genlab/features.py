@@ -161,7 +161,7 @@ def _mnist_feature_extractor():
             self.net = load_classifier()
 
         def forward(self, x):
-            x = x.float() / 255.0
+            x = x.to(self.net.device).float() / 255.0  # torch-fidelity moves batches to CUDA only, not to MPS
             features = self.net.features(x)
             out = {"features": features, "logits": self.net.head(features)}
             return tuple(out[name] for name in self.features_list)
@@ -233,6 +233,7 @@ def _inception_feature_extractor(resize: str = "pytorch-fid"):
             self.net = torch.jit.load(str(inception_weights_path()), map_location="cpu").eval()
 
         def forward(self, x):
+            x = x.to(next(self.net.parameters()).device)  # torch-fidelity moves batches to CUDA only, not to MPS
             if x.shape[1] == 1:
                 x = x.repeat(1, 3, 1, 1)
             if resize == "clean-fid":

@@ -306,7 +306,7 @@ def train(config: TrainConfig, run_dir: str | Path, *, progress: bool = True, ma
     data = load_dataset(config.dataset, "train", seed=config.seed, heldout_fraction=config.heldout_fraction)
 
     version = code_version()  # at the start: edits made while a long run trains are not part of it
-    accelerator = distributed.accelerator()
+    accelerator = distributed.accelerator()  # on --device / GENLAB_DEVICE, else accelerate's pick
     torch.manual_seed(config.seed)
     network = build_network(model_class, config, source)  # a bad [network] table leaves no folder behind
     with guard(config.model, "start"):

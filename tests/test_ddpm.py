@@ -43,7 +43,8 @@ class AnalyticDenoiser(torch.nn.Module):
         return self.schedule_net.scheduler(*args, **kwargs)
 
     def forward(self, x, t):
-        ab = self.alphas_cumprod.float()[t]
+        ab = self.alphas_cumprod.float().to(x.device)[t]
+        ab = ab.view(-1, 1, 1, 1) if ab.dim() else ab  # t: one step, or one per image
         return types.SimpleNamespace(sample=(1 - ab).sqrt() * (x - ab.sqrt() * self.mu) / (ab * self.s**2 + 1 - ab))
 
 

@@ -99,6 +99,36 @@ def test_a_batch_too_small_to_cut_is_one_sentence(tmp_path):
     assert not (tmp_path / "run").exists()
 
 
+def test_the_accelerator_runs_where_the_device_option_says(monkeypatch, tmp_path):
+    """distributed.accelerator() honours --device / GENLAB_DEVICE (checked by genlab.runtime) and still puts
+    launched processes without a GPU on the CPU (gloo); accelerate itself is replaced by a recorder."""
+    import accelerate
+
+    from genlab import distributed, runtime
+
+    asked = []
+    monkeypatch.setattr(accelerate, "Accelerator", lambda **kw: asked.append(kw) or kw)
+    monkeypatch.setattr(runtime, "_mps_available", lambda: False)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    for name in ("WORLD_SIZE", "RANK", runtime.DEVICE_ENV):
+        monkeypatch.delenv(name, raising=False)
+    assert distributed.accelerator() == {"cpu": False}  # auto on a GPU machine: accelerate's pick
+    monkeypatch.setenv(runtime.DEVICE_ENV, "cpu")
+    assert distributed.accelerator() == {"cpu": True}
+    monkeypatch.setenv(runtime.DEVICE_ENV, "cuda")
+    assert distributed.accelerator() == {"cpu": False}
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setenv(runtime.DEVICE_ENV, "auto")
+    assert distributed.accelerator() == {"cpu": True}  # launched, no GPU: one gloo group
+    monkeypatch.setenv(runtime.DEVICE_ENV, "cuda")
+    monkeypatch.setenv("WORLD_SIZE", "1")
+    with pytest.raises(GenlabError, match=r"device 'cuda' \(from GENLAB_DEVICE\) is not available"):
+        train(TrainConfig(**TRAIN), tmp_path / "run", progress=False)
+    assert not (tmp_path / "run").exists() and len(asked) == 4
+
+
 # ----- the eval -----------------------------------------------------------------------------------
 def eval_suite(tiny_vae_dir, tiny_ddpm_dir) -> dict:
     """Two families, two seeds, three shards per seed, the shared measures (likelihood, reconstruction,

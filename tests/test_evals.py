@@ -86,8 +86,10 @@ def test_fid_of_a_set_with_itself_is_zero_and_grows_with_a_shift():
     assert fidelity_metrics(darker, images, "mnist-classifier")["fid"] > 1.0
 
 
-def test_diffusion_rows_report_quality_against_nfe(tmp_path, tiny_ddpm_dir, fake_entry_points):
+def test_diffusion_rows_report_quality_against_nfe(tmp_path, tiny_ddpm_dir, fake_entry_points, monkeypatch):
     fake_entry_points({"ddpm": "genlab_ddpm"})
+    # whatever this machine's probe would choose, published numbers are drawn by plain PyTorch fp32
+    monkeypatch.setenv("GENLAB_BACKEND", "onnxruntime")
     config = EvalConfig(
         dataset="digits", num_samples=40, likelihood_images=10, batch_size=40,
         models=[
@@ -105,6 +107,7 @@ def test_diffusion_rows_report_quality_against_nfe(tmp_path, tiny_ddpm_dir, fake
     assert metrics["best_by_family"]["diffusion"]["model"] == best["model"]
     assert (tmp_path / "run" / "images" / "fid_vs_nfe.png").is_file()
     assert rows["ddim-5"]["options"]["sampler"] == "ddim"
+    assert {k: rows["dpm-3"]["options"][k] for k in ("backend", "precision")} == {"backend": "torch", "precision": "fp32"}
     assert "t=1..5 exact, t=6..100 from 5 strata" in rows["ddim-5"]["likelihood"]["method"]
     assert rows["ddim-5"]["likelihood"]["bpd"] > 0 and rows["ddim-5"]["fid"] > 0
 

@@ -180,10 +180,11 @@ def usable_cores() -> int:
 def default_workers() -> int:
     """Processes for an eval started without a launcher: one per CPU core this process may use, up to
     8 (one thread each: on a small shared machine two threads per process collapse when the other
-    core is busy), or 1 with a GPU, which does the work itself."""
-    import torch
+    core is busy), or 1 when the models run on a GPU (``--device`` / ``GENLAB_DEVICE``, else CUDA or
+    MPS where there is one), which does the work itself."""
+    from genlab.runtime import resolve_device
 
-    return 1 if torch.cuda.is_available() else max(1, min(usable_cores(), 8))
+    return 1 if resolve_device().type != "cpu" else max(1, min(usable_cores(), 8))
 
 
 def _worker_main(work_fn: Callable, args: tuple, rank: int, parent: int, threads: int) -> None:

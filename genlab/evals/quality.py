@@ -43,22 +43,21 @@ def feature_cache_dir() -> Path:
 
 def _extractor(name: str):
     """A torch-fidelity feature extractor instance for a registered genlab extractor (one per process)."""
-    import torch
     import torch_fidelity
     from torch_fidelity.registry import FEATURE_EXTRACTORS_REGISTRY
 
     from genlab.registry import get_feature_extractor
+    from genlab.runtime import resolve_device
 
     spec = get_feature_extractor(name)
     key = f"genlab-{name}"
     if key not in FEATURE_EXTRACTORS_REGISTRY:
         torch_fidelity.register_feature_extractor(key, spec.load())
     cls = FEATURE_EXTRACTORS_REGISTRY[key]
-    instance = _INSTANCES.get(key)
+    device = resolve_device()  # --device / GENLAB_DEVICE, else CUDA, MPS or the CPU
+    instance = _INSTANCES.get((key, str(device)))
     if instance is None:
-        instance = _INSTANCES[key] = cls(key, list(cls.get_provided_features_list())).eval()
-        if torch.cuda.is_available():
-            instance = _INSTANCES[key] = instance.cuda()
+        instance = _INSTANCES[key, str(device)] = cls(key, list(cls.get_provided_features_list())).eval().to(device)
     return spec, instance
 
 
@@ -105,8 +104,8 @@ def extract_features(images, extractor: str, *, batch_size: int = 250, cache: bo
         def __getitem__(self, i):
             return images[i]
 
-    features = get_featuresdict_from_dataset(Images(), net, batch_size, torch.cuda.is_available(),
-                                             save_cpu_ram=True, verbose=False)
+    on_cuda = next(net.parameters()).device.type == "cuda"  # torch-fidelity moves batches to CUDA only
+    features = get_featuresdict_from_dataset(Images(), net, batch_size, on_cuda, save_cpu_ram=True, verbose=False)
     features = {k: v.float().contiguous() for k, v in features.items()}
     if path is not None:
         path.parent.mkdir(parents=True, exist_ok=True)

@@ -789,6 +789,7 @@ def _select(config: EvalConfig) -> tuple[list, dict, dict]:
             if (entry.id, entry.weights) not in loaded:
                 loaded[entry.id, entry.weights] = get_model(entry.id, weights=entry.weights)
             models[entry.name] = loaded[entry.id, entry.weights]
+            _pin_runtime(models[entry.name], entry)
             _check_entry(models[entry.name], entry, config, data_shape)
         except UnknownModelError:
             raise
@@ -799,6 +800,18 @@ def _select(config: EvalConfig) -> tuple[list, dict, dict]:
                 raise
             failed[entry.name] = str(exc)
     return entries, models, failed
+
+
+# published numbers come from one way of running each network, whatever this machine's probe would
+# pick for speed (another backend, bf16): plain PyTorch in float32; a suite may name others per model
+EVAL_RUNTIME = {"backend": "torch", "precision": "fp32"}
+
+
+def _pin_runtime(model, entry: ModelEntry) -> None:
+    fields = type(model).Options.model_fields
+    pinned = {k: v for k, v in EVAL_RUNTIME.items() if k in fields and k not in entry.options}
+    if pinned:
+        entry.options = {**entry.options, **pinned}
 
 
 # ----- the jobs --------------------------------------------------------------------------------

@@ -2,8 +2,9 @@
 
 Images live in [-1, 1] inside this module (x = 2 * pixel - 1) and in [0, 1] at its edges. The
 network is a diffusers ``UNet2DModel`` (see ``network.py``); samplers are diffusers' DDPM, DDIM and
-DPM-Solver++ schedulers driven by one loop of ours, which records the trajectory and runs with
-inference mode, channels-last memory and, on request, bfloat16 autocast.
+DPM-Solver++ schedulers driven by one loop of ours, which records the trajectory. The network runs on
+the model's device through ``genlab.runtime`` (options ``backend`` and ``precision``): plain PyTorch,
+or on the CPU the same network exported to ONNX Runtime or OpenVINO, whichever a probe finds fastest.
 
 This module imports no torch at import time, so listing plugins stays fast.
 """
@@ -18,7 +19,7 @@ from typing import Literal
 from pydantic import Field
 
 import genlab
-from genlab import Capability, Model, Samples, unwrap
+from genlab import Capability, Model, Samples, runtime, unwrap
 from genlab.errors import GenlabError
 from genlab.schedules import set_timesteps
 
@@ -56,7 +57,13 @@ class DDPM(Model):
         )
         steps: int = Field(20, ge=1, le=1000, description="Denoising steps = network evaluations (NFE)")
         eta: float = Field(0.0, ge=0.0, le=1.0, description="DDIM noise: 0 deterministic, 1 like DDPM")
-        precision: Literal["fp32", "bf16"] = Field("fp32", description="bfloat16 autocast; benchmarks/ddpm_sampling.py tells whether it pays off on your machine")
+        backend: runtime.Backend = runtime.backend_field()
+        precision: runtime.Precision = runtime.precision_field()
+
+    # precision=auto keeps fp32: on the bundled DDPM (DPM-Solver++ 20, N = 1,000, seeds 0-2,
+    # benchmarks/sampler_fid.py) OpenVINO bf16 gave FID 26.02 ± 1.47 against 25.82 ± 1.35 in fp32,
+    # within seed noise but higher on every seed, and the published numbers are fp32's
+    bf16_harmless = False
 
     @classmethod
     def network_class(cls):
@@ -65,7 +72,6 @@ class DDPM(Model):
         return DenoisingUNet
 
     def load_network(self, weights):
-        import torch
         from diffusers.utils import logging as diffusers_logging
 
         # config.json also holds UNet2DModel's own settings, which this subclass passes on by
@@ -73,10 +79,37 @@ class DDPM(Model):
         level = diffusers_logging.get_verbosity()
         diffusers_logging.set_verbosity_error()
         try:
-            net = super().load_network(weights)
+            return super().load_network(weights)
         finally:
             diffusers_logging.set_verbosity(level)
-        return net.to(memory_format=torch.channels_last)  # faster convolutions on CPU
+
+    def runner(self, backend: str = "auto", precision: str = "auto", mode: str | None = None):
+        """The denoiser as ``genlab.runtime`` runs it: ``runner(x_t, t)`` with t an integer tensor [B].
+
+        Memory format is the probe's to choose (channels-last was measured slower for the bundled UNet).
+        The likelihood bound pins PyTorch fp32 channels-last (``mode``): its published numbers were
+        computed that way, and the two formats round float32 differently (~1e-6)."""
+        import torch
+
+        from .network import Denoiser
+
+        net = self.network
+        if getattr(self, "_denoiser", (None, None))[0] is not net:
+            self._denoiser = (net, Denoiser(net).eval())
+        c = net.config
+
+        def example(batch):
+            return (torch.zeros(batch, c.in_channels, c.sample_size, c.sample_size),
+                    torch.full((batch,), c.num_train_timesteps // 2, dtype=torch.long))
+
+        return runtime.network_runner(self, f"ddpm-{c.sample_size}", self._denoiser[1], example, ["sample", "timestep"],
+                                      device=self.device, backend=backend, precision=precision,
+                                      bf16_harmless=self.bf16_harmless, mode=mode)
+
+    def _times(self, t, count: int):
+        import torch
+
+        return torch.full((count,), int(t), dtype=torch.long, device=self.device)
 
     # ----- schedule helpers ----------------------------------------------------------------------
     @property
@@ -155,40 +188,35 @@ class DDPM(Model):
                    record_every: int = 1):
         """Run the reverse process, yielding a dict per recorded step:
         ``{"step", "steps", "t", "x_t", "x0_hat"}`` (images in [0, 1]); the last one is the sample."""
-        import contextlib
-
         import torch
 
         opts = self.check_options(options)
         net = self.network
         c = net.config
-        generator = torch.Generator().manual_seed(seed)
+        generator = torch.Generator().manual_seed(seed)  # on the CPU: the same noise on every device
         scheduler = net.scheduler(opts.sampler)
-        set_timesteps(scheduler, opts.steps, opts.sampler)
+        set_timesteps(scheduler, opts.steps, opts.sampler)  # before the runner: a refused grid costs no probe
+        run = self.runner(opts.backend, opts.precision)
+        device = self.device
         timesteps = scheduler.timesteps[start_index:]
         if x_T is None:
-            x = torch.randn((count, c.in_channels, c.sample_size, c.sample_size), generator=generator)
+            x = runtime.randn((count, c.in_channels, c.sample_size, c.sample_size), generator, device=device)
             x = x * scheduler.init_noise_sigma
         else:
-            x = x_T.clone()
-        x = x.contiguous(memory_format=torch.channels_last)
-        alpha_bar = self._alpha_bar()
-        autocast = (torch.autocast("cpu", dtype=torch.bfloat16) if opts.precision == "bf16"
-                    else contextlib.nullcontext())
+            x = x_T.float().to(device)
+        alpha_bar = self._alpha_bar().to(device)
         step_kwargs = {"eta": opts.eta} if opts.sampler == "ddim" else {}
         if opts.sampler in ("ddpm", "ddim"):
             step_kwargs["generator"] = generator
         with torch.inference_mode():
             for i, t in enumerate(timesteps):
-                with autocast:
-                    out = net(scheduler.scale_model_input(x, t), t).sample
-                out = out.float()
+                out = run(scheduler.scale_model_input(x, t), self._times(t, len(x)))
                 x_prev = scheduler.step(out, t, x, **step_kwargs).prev_sample
                 last = i == len(timesteps) - 1
                 if last or (record_every and i % record_every == 0):
                     x0_hat, _ = self._x0_and_eps(out, x, alpha_bar[int(t)].expand(len(x)), c.prediction_type)
                     yield {"step": i + 1, "steps": len(timesteps), "t": int(t) + 1,
-                           "x_t": ((x_prev.clamp(-1, 1) + 1) / 2), "x0_hat": ((x0_hat.clamp(-1, 1) + 1) / 2)}
+                           "x_t": ((x_prev.clamp(-1, 1) + 1) / 2).cpu(), "x0_hat": ((x0_hat.clamp(-1, 1) + 1) / 2).cpu()}
                 x = x_prev
 
     def sample(self, count, *, seed=0, options=None) -> Samples:
@@ -198,7 +226,8 @@ class DDPM(Model):
         for final in self.trajectory(count, seed=seed, options=opts, record_every=0):
             pass
         return Samples(images=final["x_t"], nfe=opts.steps, seconds=time.perf_counter() - start,
-                       info={"sampler": opts.sampler})
+                       info={"sampler": opts.sampler, **runtime.describe_choice(self.runner(opts.backend, opts.precision),
+                                                                               self.device)})
 
     # ----- DDIM inversion: the diffusion model's encoder -----------------------------------------
     def _ddim_timesteps(self, steps: int):
@@ -215,12 +244,11 @@ class DDPM(Model):
         Encoding and decoding take the same step in opposite directions, so each undoes the other
         when the network is evaluated at the same point (``eps_at``); nothing is clipped.
         """
-        import torch
-
         net = self.network
         probe = x if eps_at is None else eps_at  # where the network is evaluated
-        out = net(probe.contiguous(memory_format=torch.channels_last), t).sample
-        _, eps = self._x0_and_eps(out, probe, self._alpha_bar()[t].expand(len(x)), net.config.prediction_type)
+        # fp32 always: inversion undoes decoding only when both evaluate the network alike
+        out = self.runner(precision="fp32")(probe, self._times(t, len(x)))
+        _, eps = self._x0_and_eps(out, probe, self._alpha_bar().to(x.device)[t].expand(len(x)), net.config.prediction_type)
         x0_hat = (x - (1 - from_bar).sqrt() * eps) / from_bar.sqrt()
         return to_bar.sqrt() * x0_hat + (1 - to_bar).sqrt() * eps
 
@@ -240,9 +268,9 @@ class DDPM(Model):
         """
         import torch
 
-        ab = self._alpha_bar()
-        x = images.float() * 2 - 1
-        level = torch.tensor(1.0)
+        ab = self._alpha_bar().to(self.device)
+        x = images.float().to(self.device) * 2 - 1
+        level = torch.tensor(1.0, device=self.device)
         with torch.inference_mode():
             for t in self._ddim_timesteps(steps).tolist():
                 target = self._ddim_step(x, t, level, ab[t])
@@ -250,20 +278,20 @@ class DDPM(Model):
                     # the x_t whose decoding step lands on x: x_t = F(x, eps(x_t, t))
                     target = self._ddim_step(x, t, level, ab[t], eps_at=target)
                 x, level = target, ab[t]
-        return x
+        return x.cpu()
 
     def decode(self, x_T, steps: int = 50):
         """Deterministic DDIM (eta 0) from noise x_T back to images in [0, 1]."""
         import torch
 
-        ab = self._alpha_bar()
+        ab = self._alpha_bar().to(self.device)
         timesteps = self._ddim_timesteps(steps).tolist()[::-1]
-        x = x_T.float()
+        x = x_T.float().to(self.device)
         with torch.inference_mode():
             for i, t in enumerate(timesteps):
-                to_bar = ab[timesteps[i + 1]] if i + 1 < len(timesteps) else torch.tensor(1.0)
+                to_bar = ab[timesteps[i + 1]] if i + 1 < len(timesteps) else torch.tensor(1.0, device=self.device)
                 x = self._ddim_step(x, t, ab[t], to_bar)
-        return ((x.clamp(-1, 1) + 1) / 2)
+        return ((x.clamp(-1, 1) + 1) / 2).cpu()
 
     def reconstruct(self, images, steps: int = 50):
         """Invert to x_T and decode back; the round-trip error measures how faithful inversion is."""
@@ -298,7 +326,7 @@ class DDPM(Model):
         generator = torch.Generator().manual_seed(seed)
         ab = self._alpha_bar()[t]
         noise = torch.randn(images.shape, generator=generator)
-        x_t = ab.sqrt() * (images.float() * 2 - 1) + (1 - ab).sqrt() * noise
+        x_t = ab.sqrt() * (images.float().cpu() * 2 - 1) + (1 - ab).sqrt() * noise
         final = None
         for final in self.trajectory(len(images), seed=seed, options=opts, x_T=x_t, start_index=start_index,
                                      record_every=0):
@@ -407,6 +435,7 @@ class DDPM(Model):
         import torch
 
         net = self.network
+        run = self.runner("torch", "fp32", mode="channels_last")  # see runner(): the bound's exact rounding
         betas, ab = self._likelihood_schedule()  # index i = paper's t = i + 1
         ab_prev = torch.cat([torch.ones(1, dtype=ab.dtype), ab[:-1]])
         out = torch.empty(len(t_index), dtype=torch.float64)
@@ -417,7 +446,8 @@ class DDPM(Model):
                 eps = torch.randn(x.shape, generator=generator, dtype=torch.float64)
                 view = lambda v: v.view(-1, 1, 1, 1)  # noqa: E731
                 x_t = view(ab[i].sqrt()) * x + view((1 - ab[i]).sqrt()) * eps
-                pred = net(x_t.float().contiguous(memory_format=torch.channels_last), i).sample.double()
+                # only the network runs on the device; the bound's arithmetic stays in float64 on the CPU
+                pred = run(x_t.float(), i).cpu().double()
                 x0_hat, _ = self._x0_and_eps(pred, x_t, ab[i], net.config.prediction_type)
                 # t >= 2: equal variances, so only the means differ, and only through x_0
                 coef_x0 = ab_prev[i].sqrt() * betas[i] / (1 - ab[i])

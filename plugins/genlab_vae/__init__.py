@@ -1,7 +1,8 @@
 """genlab's classic VAE: z ~ N(0, I), one decoder pass per image, ELBO = E[log p(x|z)] - beta * KL.
 
 This module stays light (no torch at import) so listing plugins is fast; the network and its math
-live in ``network.py`` and load when the model is first used.
+live in ``network.py`` and load when the model is first used, on the model's device (inputs are moved
+there, results come back on the CPU).
 """
 
 from __future__ import annotations
@@ -77,19 +78,21 @@ class VAE(Model):
         opts = self.parse_options(options)
         net = self.network
         start = time.perf_counter()
-        generator = torch.Generator().manual_seed(seed)
+        generator = torch.Generator().manual_seed(seed)  # on the CPU: the same latents on every device
         with torch.inference_mode():
             z = opts.temperature * torch.randn(count, net.config.latent_dim, generator=generator)
-            out = net.decode(z)
+            out = net.decode(z.to(self.device))
             images = net.mean_image(out) if opts.output == "mean" else net.sample_image(out, generator)
-        return Samples(images=images, nfe=1, seconds=time.perf_counter() - start, info={"latents": z})
+        return Samples(images=images.cpu(), nfe=1, seconds=time.perf_counter() - start,
+                       info={"latents": z, "device": str(self.device)})
 
     def encode(self, images):
         """Posterior means and log-variances of q(z|x) for float images in [0, 1]."""
         import torch
 
         with torch.inference_mode():
-            return self.network.encode(images.float())
+            mu, logvar = self.network.encode(images.float().to(self.device))
+        return mu.cpu(), logvar.cpu()
 
     def latent_shape(self):
         return (self.network.config.latent_dim,)
@@ -105,7 +108,7 @@ class VAE(Model):
         import torch
 
         with torch.inference_mode():
-            return self.network.mean_image(self.network.decode(z))
+            return self.network.mean_image(self.network.decode(z.to(self.device))).cpu()
 
     def reconstruct(self, images):
         """Decoder mean at the posterior mean: x -> mu(x) -> E[x|z=mu]."""
@@ -145,9 +148,9 @@ class VAE(Model):
         iwae, elbo = [], []
         with torch.inference_mode():
             for batch in images_uint8.split(batch_size):
-                y = to_unit(batch) if net.discrete else dequantize(batch, generator)
-                iwae.append(net.iwae_bound(y, k, generator, density=True))
-                elbo.append(net.elbo(y, generator, density=True)["elbo"])
+                y = (to_unit(batch) if net.discrete else dequantize(batch, generator)).to(self.device)
+                iwae.append(net.iwae_bound(y, k, generator, density=True).cpu())
+                elbo.append(net.elbo(y, generator, density=True)["elbo"].cpu())
         dims = net.dims
         offset = 0.0 if net.discrete else 8.0  # -log2 P(x) <= -log2 p(y) + 8 D for y = (x + u) / 256
         per_image = lambda log_p: -torch.cat(log_p).double() / dims / math.log(2) + offset  # noqa: E731

@@ -9,7 +9,8 @@ torch's own implementations lose precision.
 - Distributions over the 256 values of an 8-bit pixel (exact probabilities, no dequantization):
   a mixture of discretized logistics (Salimans et al. 2017, PixelCNN++) and a 256-way categorical.
 
-All functions work per pixel and broadcast; log-probabilities are in nats.
+All functions work per pixel and broadcast; log-probabilities are in nats. The formulas run in
+float64 wherever the tensors' device has it (``wide``).
 """
 
 from __future__ import annotations
@@ -19,11 +20,18 @@ import math
 import torch
 from torch.nn import functional as F
 
+from genlab.runtime import rand  # CPU generators, then moved: a seed means the same on every device
+
 LOG_2 = math.log(2.0)
 # |eta| under which Taylor series replace the closed forms (0/0 at eta = 0): the series of log C
 # and of the mean are exact to ~1e-14 there; the cdf's first-order one to ~eta^2, hence its own limit
 SERIES_BELOW = 1e-2
 CDF_SERIES_BELOW = 1e-6
+
+
+def wide(t):
+    """``t`` in float64; on Apple MPS, which has no float64, in float32 (the only difference there)."""
+    return t.float() if t.device.type == "mps" else t.double()
 
 
 # ----- continuous Bernoulli -----------------------------------------------------------------------
@@ -37,7 +45,7 @@ def _small_and_safe(eta, below: float = SERIES_BELOW):
 def cb_log_norm(logits):
     """log C(eta) of the continuous Bernoulli, computed in float64: log|eta| - log tanh(|eta| / 2),
     with log tanh(a / 2) = log(-expm1(-a)) - log1p(exp(-a)); log 2 + y^2/3 - 7 y^4/90 (y = eta/2) near 0."""
-    eta = logits.double()
+    eta = wide(logits)
     small, safe = _small_and_safe(eta)
     a = safe.abs()
     closed = a.log() - torch.log(-torch.expm1(-a)) + torch.log1p(torch.exp(-a))
@@ -48,13 +56,13 @@ def cb_log_norm(logits):
 
 def cb_log_prob(x, logits):
     """log p(x) of the continuous Bernoulli for x in [0, 1]: log C(eta) + x eta - softplus(eta)."""
-    eta = logits.double()
-    return (cb_log_norm(eta) + x.double() * eta - F.softplus(eta)).to(logits.dtype)
+    eta = wide(logits)
+    return (cb_log_norm(eta) + wide(x) * eta - F.softplus(eta)).to(logits.dtype)
 
 
 def cb_mean(logits):
     """E[x] = 1 / (1 - exp(-eta)) - 1 / eta (1/2 + eta/12 - eta^3/720 near 0)."""
-    eta = logits.double()
+    eta = wide(logits)
     small, safe = _small_and_safe(eta)
     closed = -1.0 / torch.expm1(-safe) - 1.0 / safe
     series = 0.5 + eta / 12 - eta.pow(3) / 720
@@ -63,8 +71,8 @@ def cb_mean(logits):
 
 def cb_cdf(x, logits):
     """F(x) = expm1(x eta) / expm1(eta) (= x at eta = 0)."""
-    eta = logits.double()
-    x = x.double()
+    eta = wide(logits)
+    x = wide(x)
     small, safe = _small_and_safe(eta, CDF_SERIES_BELOW)
     # for eta > 0 divide through by exp(eta) so that nothing overflows
     closed = torch.where(safe > 0, torch.exp((x - 1) * safe) * -torch.expm1(-x * safe) / -torch.expm1(-safe),
@@ -76,8 +84,8 @@ def cb_cdf(x, logits):
 def cb_icdf(u, logits):
     """The inverse of ``cb_cdf``: x = log1p(u expm1(eta)) / eta, written as
     1 + log(u + (1 - u) exp(-eta)) / eta for eta > 0 so that nothing overflows."""
-    eta = logits.double()
-    u = u.double()
+    eta = wide(logits)
+    u = wide(u)
     small, safe = _small_and_safe(eta, CDF_SERIES_BELOW)
     closed = torch.where(safe > 0, 1 + torch.log(u + (1 - u) * torch.exp(-safe)) / safe,
                          torch.log1p(u * torch.expm1(safe)) / safe)
@@ -158,6 +166,6 @@ def expected_level(probs):
 
 def sample_levels(probs, generator=None):
     """One 8-bit value per pixel drawn from probabilities [B, C, 256, H, W], as floats in [0, 1]."""
-    u = torch.rand((probs.shape[0], probs.shape[1], 1, *probs.shape[3:]), generator=generator, device=probs.device)
+    u = rand((probs.shape[0], probs.shape[1], 1, *probs.shape[3:]), generator, device=probs.device)
     cdf = probs.cumsum(2)
     return (cdf < u).sum(2).clamp(max=255).float() / 255

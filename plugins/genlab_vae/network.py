@@ -16,6 +16,8 @@ from diffusers.configuration_utils import register_to_config
 from torch import nn
 from torch.nn import functional as F
 
+from genlab.runtime import rand, randn  # CPU generators, then moved: a seed means the same on every device
+
 from . import distributions as D
 
 LIKELIHOODS = ("gaussian", "bernoulli", "continuous-bernoulli", "discretized-logistic", "categorical")
@@ -113,11 +115,11 @@ class VAENetwork(ModelMixin, ConfigMixin):
         """A draw from p(x|z), clipped to [0, 1]."""
         kind = self.config.likelihood
         if kind == "gaussian":
-            noise = torch.randn(out.shape, generator=generator, device=out.device)
+            noise = randn(out.shape, generator, device=out.device)
             return (torch.sigmoid(out) + self.log_sigma.exp() * noise).clamp(0, 1)
         if kind in DISCRETE:
             return D.sample_levels(self._value_probs(out), generator)
-        probs = torch.rand(out.shape, generator=generator, device=out.device)
+        probs = rand(out.shape, generator, device=out.device)
         if kind == "bernoulli":
             return (probs < torch.sigmoid(out)).float()
         return D.cb_icdf(probs, out)
@@ -135,7 +137,7 @@ class VAENetwork(ModelMixin, ConfigMixin):
         if density and kind == "bernoulli":
             kind = "continuous-bernoulli"
         if density and kind in DISCRETE:
-            out = out.double()  # reported probabilities: float64, so that the 784-pixel sums are exact
+            out = D.wide(out)  # reported probabilities: float64, so that the 784-pixel sums are exact
         if kind == "discretized-logistic":
             per_pixel = D.logistic_mixture_log_prob(D.to_levels(x), out, self.config.components)
         elif kind == "categorical":
@@ -159,7 +161,7 @@ class VAENetwork(ModelMixin, ConfigMixin):
     @staticmethod
     def reparameterize(mu, logvar, generator=None):
         """z = mu + sigma * eps with eps ~ N(0, I): the sample stays differentiable in mu and sigma."""
-        eps = torch.randn(mu.shape, generator=generator, device=mu.device)
+        eps = randn(mu.shape, generator, device=mu.device)
         return mu + (0.5 * logvar).exp() * eps
 
     def forward(self, x, generator=None):
@@ -181,7 +183,7 @@ class VAENetwork(ModelMixin, ConfigMixin):
         log_weights = []
         for start in range(0, k, chunk):
             n = min(chunk, k - start)
-            eps = torch.randn((n, *mu.shape), generator=generator, device=mu.device)
+            eps = randn((n, *mu.shape), generator, device=mu.device)
             z = mu + std * eps  # [n, B, D]
             log_q = (-0.5 * eps.pow(2) - 0.5 * logvar - 0.5 * LOG_2PI).sum(-1)
             log_prior = (-0.5 * z.pow(2) - 0.5 * LOG_2PI).sum(-1)
