@@ -538,6 +538,12 @@ def probe(options: list[Choice], build: Callable[[Choice], Callable], example: t
             runner(*example)
             times[choice].append(time.perf_counter() - start)
     seconds = {c: statistics.median(t) for c, t in times.items()}
+    if not seconds:  # e.g. precision=bf16 where no backend's bf16 stays close enough to fp32
+        from .errors import GenlabError
+
+        reasons = "; ".join(f"{label}: {why}" for label, why in refused.items())
+        raise GenlabError(f"no backend can run this network as asked ({reasons}); choose precision fp32 "
+                          "or backend torch")
     fp32 = [c for c in seconds if c.precision == "fp32"]
     best = min(seconds, key=seconds.get)
     if best.precision == "bf16" and fp32:

@@ -334,6 +334,16 @@ def test_probe_picks_the_fastest_correct_choice_and_caches_it(monkeypatch, cache
     assert runtime.probe(options, must_not_build, (x,), {"k": 1})[0] == runtime.Choice("openvino")
 
 
+def test_probe_with_every_choice_refused_says_so_in_one_sentence(monkeypatch, cache):
+    clock = FakeClock()
+    monkeypatch.setattr(runtime.time, "perf_counter", clock)
+    options = [runtime.Choice("onnxruntime"), runtime.Choice("openvino")]
+    wrong = fake_build(clock, {}, wrong={"onnxruntime fp32", "openvino fp32"})
+    with pytest.raises(GenlabError, match=r"no backend can run this network as asked \(onnxruntime fp32: output "
+                                          r"differs .*\); choose precision fp32 or backend torch"):
+        runtime.probe(options, wrong, (torch.ones(4, 3),), {"k": "none"})
+
+
 def test_bf16_is_chosen_only_when_it_clearly_pays(monkeypatch):
     clock = FakeClock()
     monkeypatch.setattr(runtime.time, "perf_counter", clock)
