@@ -159,8 +159,17 @@ def comparable(metrics: dict) -> dict:
 def one_process_eval(tmp_path_factory, tiny_vae_dir, tiny_ddpm_dir):
     from genlab.evals.runner import EvalConfig, run_eval
 
+    import torch
+
     out = tmp_path_factory.mktemp("eval") / "one"
-    run_eval(EvalConfig(name="shared", **eval_suite(tiny_vae_dir, tiny_ddpm_dir)), out_dir=out, workers=1)
+    # one thread, as each of the several processes has: CPU float sums round differently with another
+    # thread count (by about 1e-8 relative), so the same threads per process give the same numbers
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        run_eval(EvalConfig(name="shared", **eval_suite(tiny_vae_dir, tiny_ddpm_dir)), out_dir=out, workers=1)
+    finally:
+        torch.set_num_threads(threads)
     return json.loads((out / "metrics.json").read_text())
 
 

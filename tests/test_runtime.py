@@ -360,8 +360,10 @@ def test_auto_probes_once_per_machine_and_weights(cache):
     model = tiny_ddpm()
     result = model.sample(2, seed=0, options={"steps": 2, "backend": "auto", "precision": "fp32"})
     record = model.runner("auto", "fp32").record
+    # with several threads the graph backends are also tried with one slice of the batch per thread
+    streams = {"onnxruntime fp32 streams", "openvino fp32 streams"} if torch.get_num_threads() > 1 else set()
     assert set(record["seconds"]) | set(record["refused"]) == {
-        "torch fp32", "torch fp32 channels_last", "onnxruntime fp32", "openvino fp32"}
+        "torch fp32", "torch fp32 channels_last", "onnxruntime fp32", "openvino fp32", *streams}
     assert record["choice"] == f"{result.info['backend']} fp32" + (f" {result.info['mode']}" if "mode" in result.info else "")
     fresh = tiny_ddpm()  # same weights in a new instance: the record on disk is reused
     assert fresh.runner("auto", "fp32").record["measured_at"] == record["measured_at"]
