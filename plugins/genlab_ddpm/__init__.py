@@ -52,7 +52,7 @@ class DDPM(Model):
     default_weights = WEIGHTS
 
     class Options(genlab.Options):
-        # default: the bundled model's best FID per CPU-second (evals/reports/bundled)
+        # default: the setting with the bundled model's best FID in evals/reports/bundled
         sampler: Literal["ddpm", "ddim", "dpm-solver++"] = Field(
             "dpm-solver++", description="ddpm: ancestral; ddim: deterministic at eta 0; dpm-solver++: 2nd-order ODE solver"
         )
