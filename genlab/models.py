@@ -187,10 +187,8 @@ class Model:
 
     def __init__(self, weights: str | Path | None = None):
         # a bundled set beside the default one may be named by its folder (--weights vae-dlogistic-mnist-5k)
-        if weights is not None and self.default_weights is not None and not Path(str(weights)).expanduser().exists():
-            sibling = Path(self.default_weights).parent / str(weights)
-            if Path(str(weights)).name == str(weights) and sibling.is_dir():
-                weights = sibling
+        if weights is not None and not Path(str(weights)).expanduser().exists() and str(weights) in self.bundled_weights():
+            weights = Path(self.default_weights).parent / str(weights)
         self.weights = weights if weights is not None else self.default_weights
         self._network = None
         self._device = None
