@@ -23,6 +23,12 @@ demo: install
 test: install
 	$(BIN)/python -m pytest -q
 
+# Every speed ratio (samplers vs diffusers' loops at 1 and 2 threads, LDM vs DDPM, VAE, Inception,
+# fraction of peak) with the machine and its load; writes benchmarks/results/latest.{json,md}. A few
+# minutes on an idle 2-core machine; run it when nothing else is.
+bench: install
+	$(BIN)/python -m benchmarks.bench $(BENCH_ARGS)
+
 # Simulate the Hugging Face Spaces build on a clean clone: an empty folder holding only
 # requirements.txt, installed into a fresh venv (pip's cache makes reruns faster; PyTorch is large),
 # then the repository copied in and app.py started as Spaces starts it, and called.

@@ -639,7 +639,7 @@ def _report_roots():
 def measured_rows() -> list[dict]:
     """Every model row of every metrics.json on disk (evals/reports/*, evals/runs/*), newest report
     first; each row gains ``report`` (its folder, e.g. reports/bundled) and ``created``. Unreadable
-    files are skipped."""
+    files, and rows measured with other weights than a model's default ones, are skipped."""
     import json
 
     found = []
@@ -656,6 +656,8 @@ def measured_rows() -> list[dict]:
                 continue
             created = str(data.get("created_at") or "")
             for row in rows:
+                if row.get("weights"):  # measured with other weights than the ones the app loads
+                    continue
                 found.append({**row, "report": f"{root.name}/{path.parent.name}", "created": created,
                               "feature_extractor": data.get("feature_extractor")})
     found.sort(key=lambda r: r["created"], reverse=True)
@@ -663,14 +665,21 @@ def measured_rows() -> list[dict]:
 
 
 def _same_setting(model_cls, row_options: dict, options: dict) -> bool:
-    """Whether a report row measured these options (parsed by the model, the prompt aside)."""
+    """Whether a report row measured these options (parsed by the model, the prompt aside). The
+    backend changes speed, not the samples beyond float rounding, so it is not compared; a precision
+    is, when the request names one (``auto`` keeps float32 unless a model's FID showed bf16 harmless,
+    and the eval measures float32)."""
     try:
         a = model_cls.parse_options({k: v for k, v in (row_options or {}).items()}).model_dump()
         b = model_cls.parse_options(options).model_dump()
     except GenlabError:
         return False
-    a.pop("prompt", None)
-    b.pop("prompt", None)
+    if b.get("precision") == "auto":
+        b.pop("precision")
+        a.pop("precision", None)
+    for key in ("prompt", "backend"):
+        a.pop(key, None)
+        b.pop(key, None)
     return a == b
 
 
@@ -695,7 +704,10 @@ def best_options(model_cls, rows: list[dict] | None = None) -> dict:
         best = min(newest, key=lambda r: r["fid"])
         try:
             parsed = model_cls.parse_options(best.get("options")).model_dump()
-            parsed.pop("prompt", None)
+            from .runtime import RUNTIME_OPTIONS
+
+            for key in ("prompt", *RUNTIME_OPTIONS):  # how this machine runs best is its own choice
+                parsed.pop(key, None)
             return parsed
         except GenlabError:
             pass
@@ -1493,8 +1505,16 @@ def launch(demo: gr.Blocks, *, host: str = "127.0.0.1", port: int | None = None,
     if warm_up is None:
         warm_up = os.environ.get("GENLAB_APP_WARMUP", "1") != "0"
     demo.queue(default_concurrency_limit=None)  # model work is limited by its own group (model_event)
-    _, url, _ = demo.launch(server_name=host, server_port=port, prevent_thread_lock=True, share=False,
-                            quiet=not block, max_file_size=MAX_FILE_SIZE, css=CSS)
+    for attempt in range(3):
+        try:
+            _, url, _ = demo.launch(server_name=host, server_port=port, prevent_thread_lock=True, share=False,
+                                    quiet=not block, max_file_size=MAX_FILE_SIZE, css=CSS)
+            break
+        except ValueError as exc:
+            # Gradio starts the server, then gives it one 3-second HEAD request to answer; on a busy
+            # machine that times out. The server is up by then: asking again re-checks it.
+            if "localhost is not accessible" not in str(exc) or attempt == 2:
+                raise
     if warm_up and getattr(demo, "genlab_warm_up", None) is not None:
         demo.genlab_warm_up.start()
     if block:

@@ -96,6 +96,24 @@ def _sigterm_as_interrupt():
         signal.signal(signal.SIGTERM, previous)
 
 
+def _choose_device(ctx, param, value):
+    """--device: checked now (one sentence if this machine lacks it), then set as GENLAB_DEVICE so that
+    every model, the eval's feature networks and the app's workers use it."""
+    if value is None:
+        return None
+    from .runtime import DEVICE_ENV, resolve_device
+
+    resolve_device(value)
+    os.environ[DEVICE_ENV] = value
+    return value
+
+
+def device_option(what: str):
+    return click.option("--device", callback=_choose_device, expose_value=False, is_eager=True,
+                        help=f"Where {what} runs: auto (CUDA, then Apple MPS, then the CPU), cpu, cuda, cuda:N or "
+                             "mps; default: $GENLAB_DEVICE, else auto.")
+
+
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(package_name="genlab")
 def cli():
@@ -145,13 +163,17 @@ def datasets():
 @click.option("--steps", type=click.IntRange(1, 10_000_000), help="Override the config's steps.")
 @click.option("--max-minutes", type=click.FloatRange(min=0, min_open=True), help="Stop (and save) after this much training time.")
 @click.option("--dataset", help="Override the config's dataset.")
+@device_option("training")
 def train(config, run_dir, steps, max_minutes, dataset):
     """Train a model from a TOML config; an interrupted run resumes where it stopped."""
+    from .distributed import is_main_process
     from .training import load_config, train as run_training
 
     cfg = load_config(config, steps=steps, max_minutes=max_minutes, dataset=dataset)
     run_dir = Path(run_dir or Path("runs") / Path(config).stem)
     final = run_training(cfg, run_dir, source=config)
+    if not is_main_process():  # launched processes: the main one reports (only it touches the run folder)
+        return
     meta = json.loads((final / "metadata.json").read_text())
     click.echo(
         f"{meta['stop_reason']} at step {meta['steps']}/{meta['target_steps']} in "
@@ -188,6 +210,7 @@ def train_classifier_cmd(epochs, seed, out, replace_bundled):
 @click.option("--option", "-o", "option_pairs", multiple=True, help="Model option NAME=VALUE (repeatable).")
 @click.option("--output", default="samples.png", show_default=True, help="PNG file for the grid.")
 @click.option("--scale", type=click.IntRange(1, 16), default=2, show_default=True, help="Pixel enlargement.")
+@device_option("the model")
 def sample(model_id, weights, count, seed, option_pairs, output, scale):
     """Draw seeded samples from a model and write them as a PNG grid."""
     from .images import grid
@@ -208,7 +231,9 @@ def sample(model_id, weights, count, seed, option_pairs, output, scale):
         _check_grid_size(count, tuple(result.images.shape[2:]), scale)
         image = grid(result.images, scale=scale)  # what the model returned must be images
     _save_image(image, out)
-    click.echo(f"{count} samples from {model_id} ({result.nfe} NFE, {result.seconds:.2f}s) -> {out}")
+    ran = result.info if isinstance(result.info, dict) else {}
+    how = ", ".join(str(ran[k]) for k in ("device", "backend", "precision") if ran.get(k))
+    click.echo(f"{count} samples from {model_id} ({result.nfe} NFE, {result.seconds:.2f}s{', ' + how if how else ''}) -> {out}")
 
 
 @cli.command("eval")
@@ -221,11 +246,16 @@ def sample(model_id, weights, count, seed, option_pairs, output, scale):
               help="Sample sets per model (seeds seed, seed+1, ...); quality is reported as mean ± std.")
 @click.option("--feature-extractor", default="mnist-classifier", show_default=True)
 @click.option("--out", type=click.Path(file_okay=False), help="Report folder (default evals/runs/<name>).")
-def eval_cmd(suite, models, dataset, num_samples, seed, repeats, feature_extractor, out):
+@click.option("--workers", type=click.IntRange(1, 256), envvar="GENLAB_EVAL_WORKERS",
+              help="Processes that share the eval, one thread each [default: one per CPU core this process may "
+                   "use, up to 8; 1 with a GPU]. Under torchrun or accelerate launch, the launched processes share it.")
+@device_option("every model and feature network")
+def eval_cmd(suite, models, dataset, num_samples, seed, repeats, feature_extractor, out, workers):
     """Sample every model on equal terms and write report.md and metrics.json.
 
     Samples are saved in shards as they are made: after a crash or Ctrl-C, the same command
     resumes where the run stopped."""
+    from genlab.evals.parallel import default_workers
     from genlab.evals.runner import EvalConfig, default_run_dir, load_suite, run_eval
 
     if suite:
@@ -242,10 +272,12 @@ def eval_cmd(suite, models, dataset, num_samples, seed, repeats, feature_extract
     folder = out or default_run_dir(config)
     try:
         with _sigterm_as_interrupt():
-            report = run_eval(config, out_dir=folder)
+            report = run_eval(config, out_dir=folder, workers=workers or default_workers())
     except KeyboardInterrupt:
         raise KeyboardInterrupt(f"eval interrupted; finished shards are kept in {folder}: "
                                 "run the same command again to resume") from None
+    if report is None:  # a launched process that shared the work; the main one writes the report
+        return
     click.echo(f"report: {report}")
     failed = json.loads((Path(report).parent / "metrics.json").read_text()).get("failed_models", [])
     if failed:
@@ -257,6 +289,7 @@ def eval_cmd(suite, models, dataset, num_samples, seed, repeats, feature_extract
 @cli.command()
 @click.option("--host", default="127.0.0.1", show_default=True)
 @click.option("--port", type=click.IntRange(1, 65535), default=7860, show_default=True)
+@device_option("the app's models")
 def demo(host, port):
     """Serve the Gradio app with the bundled models."""
     from .app import build_app, launch
@@ -276,6 +309,10 @@ _python_showwarning = warnings.showwarning
 
 
 def main(argv=None):
+    from .distributed import is_main_process
+
+    if not is_main_process():  # launched processes: one set of progress bars, the main process's
+        os.environ.setdefault("TQDM_DISABLE", "1")
     warnings.showwarning = _show_warning
     try:
         _main(argv)
@@ -297,7 +334,10 @@ def _main(argv=None):
         click.echo(f"Error: {exc}", err=True)
         sys.exit(1)
     except KeyboardInterrupt as exc:
-        click.echo(f"Stopped: {exc}" if str(exc) else "Stopped.", err=True)
+        from .distributed import is_main_process
+
+        if is_main_process():  # launched processes stop together; the main one says so
+            click.echo(f"Stopped: {exc}" if str(exc) else "Stopped.", err=True)
         sys.exit(130)
     except Exception as exc:  # the safety net: a bug, not a user mistake, still gets one line
         if os.environ.get(DEBUG_VAR):

@@ -221,9 +221,9 @@ def dequantize(images, generator=None):
     A density on these values bounds the probability of the 8-bit image:
     -log2 P(x) <= E_u[-log2 p(y)] + D * 8, which is how likelihoods are reported in bits/dim.
     """
-    import torch
+    from .runtime import rand
 
-    noise = torch.rand(images.shape, generator=generator, device=images.device)
+    noise = rand(images.shape, generator, device=images.device)  # drawn on the CPU: the same on every device
     return (images.float() + noise) / 256.0
 
 

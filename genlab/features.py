@@ -161,7 +161,7 @@ def _mnist_feature_extractor():
             self.net = load_classifier()
 
         def forward(self, x):
-            x = x.float() / 255.0
+            x = x.to(self.net.device).float() / 255.0  # torch-fidelity moves batches to CUDA only, not to MPS
             features = self.net.features(x)
             out = {"features": features, "logits": self.net.head(features)}
             return tuple(out[name] for name in self.features_list)
@@ -233,6 +233,7 @@ def _inception_feature_extractor(resize: str = "pytorch-fid"):
             self.net = torch.jit.load(str(inception_weights_path()), map_location="cpu").eval()
 
         def forward(self, x):
+            x = x.to(next(self.net.parameters()).device)  # torch-fidelity moves batches to CUDA only, not to MPS
             if x.shape[1] == 1:
                 x = x.repeat(1, 3, 1, 1)
             if resize == "clean-fid":
@@ -267,8 +268,9 @@ def _inception_feature_extractor(resize: str = "pytorch-fid"):
 def register_feature_extractors(register):
     register(FeatureExtractorSpec(
         "mnist-classifier", "genlab's MNIST classifier, 128-d features (fast on CPU; bundled)",
-        _mnist_feature_extractor,
-        lambda: _file_fingerprint(CLASSIFIER_WEIGHTS / "diffusion_pytorch_model.safetensors"),
+        _mnist_feature_extractor,  # its preprocessing: /255, bilinear to 28x28, grey, MNIST's mean and std
+        lambda: "u8/255-bilinear28-grey-norm0.1307/0.3081:" + _file_fingerprint(
+            CLASSIFIER_WEIGHTS / "diffusion_pytorch_model.safetensors"),
     ))
     register(FeatureExtractorSpec(
         "inception-v3-tf", "standard FID Inception-v3 (TF 2015-12-05 weights), 2048-d; pytorch-fid's bilinear resize to 299x299",

@@ -18,6 +18,12 @@ What a plugin author needs to know beyond the method docstrings:
 - Seeds are integers in [0, ``MAX_SEED``] (2**32 - 1); a model may add small offsets to them.
 - A model without a network (a baseline drawing noise, a closed-form model) does not implement
   ``network_class``: ``parameter_count()`` is then 0, and it reports ``nfe=0``.
+- Devices: ``model.device`` is where the network runs (``genlab.runtime.resolve_device``: ``--device``,
+  ``GENLAB_DEVICE``, else CUDA, MPS or the CPU); the base class moves the loaded network there. Draw
+  seeded noise on the CPU (``genlab.runtime.randn``) and move it, so a seed means the same numbers on
+  every device, and return images (``Samples.images``, decoded or reconstructed images) on the CPU.
+- Backends: a sampler whose options declare ``backend`` and ``precision`` (``genlab.runtime``'s
+  ``backend_field`` and ``precision_field``) runs its network through ``genlab.runtime.network_runner``.
 - The app's endpoints are named ``{action}_{model id}`` with every character outside
   [0-9A-Za-z_] replaced by ``_`` (``genlab.app.api_name``): ``sample_uniform_noise`` for the model
   ``uniform-noise``.
@@ -153,7 +159,7 @@ class Options(BaseModel):
 
 @dataclass
 class Samples:
-    """Images in [0, 1] as a float tensor [N, C, H, W], with what it took to make them."""
+    """Images in [0, 1] as a float tensor [N, C, H, W] on the CPU, with what it took to make them."""
 
     images: Any
     nfe: int  # network evaluations per image; 0 for a model without a network
@@ -180,10 +186,40 @@ class Model:
     default_weights: ClassVar[str | Path | None] = None
 
     def __init__(self, weights: str | Path | None = None):
+        # a bundled set beside the default one may be named by its folder (--weights vae-dlogistic-mnist-5k)
+        if weights is not None and not Path(str(weights)).expanduser().exists() and str(weights) in self.bundled_weights():
+            weights = Path(self.default_weights).parent / str(weights)
         self.weights = weights if weights is not None else self.default_weights
         self._network = None
+        self._device = None
+
+    # ----- device --------------------------------------------------------------------------------
+    @property
+    def device(self):
+        """The ``torch.device`` the network runs on: set by ``get_model(..., device=...)`` or by
+        assignment, else ``GENLAB_DEVICE``, else CUDA, Apple MPS or the CPU, whichever is there."""
+        if getattr(self, "_device", None) is None:
+            from .runtime import resolve_device
+
+            self._device = resolve_device()
+        return self._device
+
+    @device.setter
+    def device(self, value):
+        from .runtime import resolve_device
+
+        self._device = resolve_device(value)
+        if getattr(self, "_network", None) is not None:
+            self._network.to(self._device)
 
     # ----- weights -------------------------------------------------------------------------------
+    @classmethod
+    def bundled_weights(cls) -> list[str]:
+        """Names of the bundled sets of weights: the default's folder and the folders beside it."""
+        if cls.default_weights is None or not Path(cls.default_weights).parent.is_dir():
+            return []
+        return sorted(p.name for p in Path(cls.default_weights).parent.iterdir() if (p / "config.json").is_file())
+
     @classmethod
     def network_class(cls):
         """The diffusers ``ModelMixin`` subclass holding this model's weights."""
@@ -204,6 +240,7 @@ class Model:
     @network.setter
     def network(self, value):
         self._network = value
+        self.__dict__.pop("_genlab_runners", None)  # runners of the previous network
 
     def load_network(self, weights):
         if weights is None:
@@ -217,9 +254,11 @@ class Model:
         network_class = self.network_class()
         if not hub_id:
             if not (local / "config.json").is_file() or not any(local.glob("*.safetensors")):
+                bundled = self.bundled_weights()
                 raise GenlabError(
                     f"no checkpoint at {text}: give a folder that holds config.json and a .safetensors "
-                    "file (a run's final/ folder or one of its checkpoints) or a Hugging Face Hub repo id"
+                    "file (a run's final/ folder or one of its checkpoints), a Hugging Face Hub repo id"
+                    + (f", or a bundled set: {', '.join(bundled)}" if bundled else "")
                 )
             self._check_saved_config(network_class, local / "config.json")
         try:
@@ -238,7 +277,7 @@ class Model:
                     f"and {where}; give a run's final/ folder or a checkpoint folder"
                 ) from None
             raise GenlabError(f"could not load weights {text} for model {self.model_id}: {describe(exc)}") from None
-        return network.eval().requires_grad_(False)
+        return network.eval().requires_grad_(False).to(self.device)
 
     def _check_saved_config(self, network_class, path: Path) -> None:
         """config.json of a weights folder: valid JSON, this model's network class, sensible types."""
@@ -259,7 +298,7 @@ class Model:
     @classmethod
     def from_network(cls, network, **kwargs) -> "Model":
         model = cls(**kwargs)
-        model.network = network
+        model.network = network.to(model.device)
         return model
 
     def metadata(self) -> dict:

@@ -120,11 +120,15 @@ def get_model_class(model_id: str) -> type[Model]:
     raise UnknownModelError(f"unknown model {model_id!r}; registered models: {choices(reg.models)}{also}")
 
 
-def get_model(model_id: str, weights=None) -> Model:
-    """An instance of a registered model; its weights load on first use."""
+def get_model(model_id: str, weights=None, device=None) -> Model:
+    """An instance of a registered model; its weights load on first use, on ``device`` (a string or
+    ``torch.device``; default ``GENLAB_DEVICE``, else CUDA, MPS or the CPU: ``genlab.runtime``)."""
     model_class = get_model_class(model_id)
     with guard(model_class.model_id, "start"):
-        return model_class(weights=weights)
+        model = model_class(weights=weights)
+    if device is not None:
+        model.device = device  # checked: a device this machine lacks is one sentence
+    return model
 
 
 def plugin_of(model_id: str) -> str | None:

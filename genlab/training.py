@@ -1,9 +1,12 @@
 """One training loop for every model plugin, on Hugging Face accelerate.
 
-``accelerate launch -m genlab.cli train CONFIG`` spreads it over several GPUs or nodes; plain
-``genlab train CONFIG`` runs it on this machine. The loop is seeded and resumable: the batch for
-step s is drawn from a generator seeded by (seed, s, process), so a run resumed from a checkpoint
-sees exactly the batches an uninterrupted run would have seen. Checkpoints are written atomically
+``accelerate launch -m genlab.cli train CONFIG`` or ``torchrun ... -m genlab.cli train CONFIG``
+spreads it over several processes, GPUs or nodes; plain ``genlab train CONFIG`` runs it in one
+process. The loop is seeded and resumable: the global batch of step s is drawn from a generator
+seeded by (seed, s) and cut into ``micro_batches`` parts, part j drawing the model's noise from a
+generator seeded by (seed, s, j); the processes share the parts out and their gradients are
+averaged. So a run resumed from a checkpoint sees exactly the batches an uninterrupted run would
+have seen, and a run over P processes is the same run as one process with ``micro_batches = P``. Checkpoints are written atomically
 (safetensors for every tensor, JSON for the rest; ``trainer_state.json`` last), and an interrupt or
 an exhausted ``max_minutes`` budget saves one before the loop stops, so nothing is lost: a second
 Ctrl-C waits for that save, a kill -9 mid-save leaves the previous checkpoint to resume from, and a
@@ -53,6 +56,9 @@ class TrainConfig(BaseModel):
     ema_decay: float = Field(0.999, ge=0, lt=1)
     seed: int = Field(0, ge=0, le=MAX_SEED)
     heldout_fraction: float = Field(0.1, gt=0, lt=1)
+    # each step's batch is cut into this many parts, each with its own random stream; launched
+    # processes share the parts out. None: one part per process (fixed when the run starts)
+    micro_batches: int | None = Field(None, ge=1, le=65536)
     checkpoint_every: int = Field(500, ge=1)
     log_every: int = Field(25, ge=1)
     max_minutes: float | None = Field(None, gt=0)
@@ -177,11 +183,7 @@ def _save_optimizer(optimizer, path: Path) -> None:
     (path / "optimizer.json").write_text(json.dumps({"param_groups": state["param_groups"], "scalars": scalars}))
 
 
-def _load_optimizer(optimizer, path: Path) -> None:
-    from safetensors.torch import load_file
-
-    tensors = load_file(str(path / "optimizer.safetensors"))
-    meta = json.loads((path / "optimizer.json").read_text())
+def _load_optimizer(optimizer, tensors: dict, meta: dict) -> None:
     state: dict = {}
     for flat, value in [*tensors.items(), *meta["scalars"].items()]:
         index, key = flat.split(".", 1)
@@ -259,6 +261,10 @@ def _prepare_run_folder(run_dir: Path, config: TrainConfig) -> None:
                 f"{saved_config} is damaged ({describe(exc, 80)}): delete it to resume this run with the "
                 "given config, or pick a new --run-dir"
             ) from None
+        try:  # settings added to genlab since the run started take their defaults
+            previous = TrainConfig(**previous).model_dump()
+        except ValidationError:
+            pass  # not a config this genlab makes: it differs
         if {k: v for k, v in previous.items() if k != "max_minutes"} != {
             k: v for k, v in config.model_dump().items() if k != "max_minutes"
         }:
@@ -285,12 +291,13 @@ def train(config: TrainConfig, run_dir: str | Path, *, progress: bool = True, ma
     """Train (or resume) ``config`` into ``run_dir``; returns the folder of the final EMA weights.
 
     ``max_steps`` stops this call early (as an interrupt would), which is how tests simulate one.
-    ``source`` names the config in messages (its file). Only the main process writes to the run
-    folder and holds its lock; the others train and read the checkpoint they resume from.
+    ``source`` names the config in messages (its file). Under a launcher only the main process
+    touches the run folder: it holds the lock, writes every file and reads the checkpoint a run
+    resumes from, which it hands to the other processes.
     """
     import torch
-    from accelerate import Accelerator
 
+    from . import distributed
     from .datasets import load_dataset
     from .registry import get_model_class, guard
 
@@ -299,7 +306,7 @@ def train(config: TrainConfig, run_dir: str | Path, *, progress: bool = True, ma
     data = load_dataset(config.dataset, "train", seed=config.seed, heldout_fraction=config.heldout_fraction)
 
     version = code_version()  # at the start: edits made while a long run trains are not part of it
-    accelerator = Accelerator()
+    accelerator = distributed.accelerator()  # on --device / GENLAB_DEVICE, else accelerate's pick
     torch.manual_seed(config.seed)
     network = build_network(model_class, config, source)  # a bad [network] table leaves no folder behind
     with guard(config.model, "start"):
@@ -311,6 +318,14 @@ def train(config: TrainConfig, run_dir: str | Path, *, progress: bool = True, ma
             f"holds {_shape(data.images.shape[1:])} images: set the image size in [network] to match, or pick "
             "another dataset"
         )
+    processes = accelerator.num_processes
+    if config.micro_batches is not None and config.micro_batches < processes:
+        raise GenlabError(f"{source}: micro_batches = {config.micro_batches} cannot be shared by {processes} "
+                          f"processes: set micro_batches to at least {processes}, or launch fewer processes")
+    parts = config.micro_batches or processes
+    if config.batch_size < parts:
+        raise GenlabError(f"{source}: batch_size = {config.batch_size} cannot be cut into {parts} micro-batches "
+                          f"(one per process unless micro_batches is set): make batch_size at least {parts}")
 
     lock = RunLock(run_dir)
     if accelerator.is_main_process:
@@ -347,17 +362,55 @@ def _trim_log(log_path: Path, step: int) -> None:
     write_text(log_path, "".join(kept))
 
 
+CHECKPOINT_FILES = ("network/diffusion_pytorch_model.safetensors", "ema/diffusion_pytorch_model.safetensors",
+                    "optimizer.safetensors", "optimizer.json", CHECKPOINT_MARKER)
+
+
+def _checkpoint_to_resume(run_dir: Path, accelerator) -> tuple[Path | None, dict]:
+    """(the checkpoint a run resumes from, {file: bytes} of it) on every process: the main process
+    reads it and the others receive it, so only the main process touches the run folder (and the
+    processes need no shared filesystem). A checkpoint that cannot be read is one error on all."""
+    import torch
+    from safetensors.torch import load, save
+
+    from .distributed import broadcast_bytes
+
+    folder, files, problem = None, {}, None
+    if accelerator.is_main_process:
+        folder = latest_checkpoint(run_dir)
+        if folder is not None:
+            try:
+                files = {name: (folder / name).read_bytes() for name in CHECKPOINT_FILES}
+            except OSError as exc:
+                problem = (f"checkpoint {folder} cannot be resumed ({describe(exc, 120)}): delete that folder to "
+                           "resume from the checkpoint before it, or pick a new --run-dir")
+    if accelerator.num_processes > 1:  # sent as one safetensors blob of byte tensors: no pickle
+        blob = None
+        if accelerator.is_main_process:
+            fields = {**files, ".folder": str(folder or "").encode(), ".problem": (problem or "").encode()}
+            blob = save({name: torch.frombuffer(bytearray(data), dtype=torch.uint8) if data else
+                         torch.empty(0, dtype=torch.uint8) for name, data in fields.items()})
+        fields = {name: tensor.numpy().tobytes() for name, tensor in load(broadcast_bytes(blob, accelerator.device)).items()}
+        folder, problem = fields.pop(".folder").decode(), fields.pop(".problem").decode() or None
+        folder, files = (Path(folder) if folder else None), fields
+    if problem:
+        raise GenlabError(problem)
+    return folder, files
+
+
 def _train_loop(config, run_dir, accelerator, model, network, data, version, *, progress, max_steps) -> Path:
     import threading
+    from contextlib import nullcontext
 
     import torch
     from diffusers.training_utils import EMAModel
-    from safetensors.torch import load_file
+    from safetensors.torch import load
     from tqdm.auto import tqdm
 
     from .registry import guard
 
     main = accelerator.is_main_process
+    processes, rank = accelerator.num_processes, accelerator.process_index
     ema = EMAModel(network.parameters(), decay=config.ema_decay)
     optimizer = torch.optim.AdamW(network.parameters(), lr=config.learning_rate, weight_decay=config.weight_decay)
 
@@ -367,16 +420,19 @@ def _train_loop(config, run_dir, accelerator, model, network, data, version, *, 
     lr_schedule = get_scheduler({"constant": "constant_with_warmup", "cosine": "cosine"}[config.lr_schedule],
                                 optimizer, num_warmup_steps=config.warmup_steps, num_training_steps=config.steps)
     step, elapsed, cpu_seconds = 0, 0.0, 0.0
-    resume_from = latest_checkpoint(run_dir)
+    parts = config.micro_batches or processes
+    resume_from, files = _checkpoint_to_resume(run_dir, accelerator)
     if resume_from is not None:
         try:
-            state = json.loads((resume_from / CHECKPOINT_MARKER).read_text())
-            network.load_state_dict(load_file(str(resume_from / "network" / "diffusion_pytorch_model.safetensors")))
-            ema_weights = load_file(str(resume_from / "ema" / "diffusion_pytorch_model.safetensors"))
+            state = json.loads(files[CHECKPOINT_MARKER])
+            network.load_state_dict(load(files["network/diffusion_pytorch_model.safetensors"]))
+            ema_weights = load(files["ema/diffusion_pytorch_model.safetensors"])
             ema.shadow_params = [ema_weights[name].clone() for name, _ in network.named_parameters()]
             ema.optimization_step = state["ema_optimization_step"]
-            _load_optimizer(optimizer, resume_from)
+            _load_optimizer(optimizer, load(files["optimizer.safetensors"]), json.loads(files["optimizer.json"]))
             step, elapsed, cpu_seconds = state["step"], state["wall_seconds"], state["cpu_seconds"]
+            # the run's cut of the batch was fixed when it started (older checkpoints: one part)
+            parts = config.micro_batches or state.get("micro_batches", 1)
             for _ in range(step):  # the schedule is a function of the step: replay it
                 lr_schedule.step()
         except Exception as exc:
@@ -384,6 +440,9 @@ def _train_loop(config, run_dir, accelerator, model, network, data, version, *, 
                 f"checkpoint {resume_from} cannot be resumed ({describe(exc, 120)}): delete that folder to resume "
                 "from the checkpoint before it, or pick a new --run-dir"
             ) from None
+    if parts < processes:
+        raise GenlabError(f"run {run_dir} was started with {parts} micro-batch(es) per step and cannot be shared by "
+                          f"{processes} processes: resume it with at most {parts} process(es)")
     log_path = run_dir / "log.jsonl"
     if main:
         _trim_log(log_path, step)
@@ -408,7 +467,7 @@ def _train_loop(config, run_dir, accelerator, model, network, data, version, *, 
                 _save_optimizer(optimizer.optimizer if hasattr(optimizer, "optimizer") else optimizer, tmp)
                 (tmp / CHECKPOINT_MARKER).write_text(json.dumps({  # last: it marks the checkpoint complete
                     "step": step, "wall_seconds": elapsed, "cpu_seconds": cpu_seconds,
-                    "ema_optimization_step": ema.optimization_step,
+                    "ema_optimization_step": ema.optimization_step, "micro_batches": parts,
                 }))
             for old in complete_dirs(checkpoints, "step-*", CHECKPOINT_MARKER)[:-KEEP_CHECKPOINTS]:
                 doomed = old.with_name(old.name + ".tmp")  # a kill mid-delete leaves a .tmp, not half a checkpoint
@@ -446,8 +505,9 @@ def _train_loop(config, run_dir, accelerator, model, network, data, version, *, 
                 "complete": step >= config.steps,
                 "stop_reason": stop_reason,
                 "wall_seconds": round(elapsed, 1),
-                "cpu_seconds": round(cpu_seconds, 1),
-                "processes": accelerator.num_processes,
+                "cpu_seconds": round(cpu_seconds, 1),  # of all processes together
+                "processes": processes,
+                "micro_batches": parts,
                 "device": str(accelerator.device),
                 "torch_threads": torch.get_num_threads(),
                 "config": config.model_dump(),
@@ -460,10 +520,15 @@ def _train_loop(config, run_dir, accelerator, model, network, data, version, *, 
     def handle_sigterm(signum, frame):
         raise _StopRequested()
 
-    handles_sigterm = main and threading.current_thread() is threading.main_thread()
+    # One process stops the moment it is told to. Launched processes must stop at the same step (one
+    # that leaves the loop alone would leave the others waiting in the gradient all-reduce), so they
+    # hold Ctrl-C and SIGTERM for the whole loop and agree before every step whether to stop.
+    together = processes > 1
+    handles_sigterm = not together and threading.current_thread() is threading.main_thread()
     previous_handler = signal.signal(signal.SIGTERM, handle_sigterm) if handles_sigterm else None
+    held = signals_deferred("training; every process stops after this step and saves") if together else nullcontext([])
     budget = config.max_minutes * 60 if config.max_minutes else None
-    local_batch = max(1, config.batch_size // accelerator.num_processes)
+    mine = range(rank * parts // processes, (rank + 1) * parts // processes)  # this process's parts
     bar = tqdm(total=config.steps, initial=step, disable=not (progress and accelerator.is_local_main_process),
                desc=f"train {config.model}", unit="step", dynamic_ncols=True)
     stop_reason = "finished"
@@ -472,56 +537,96 @@ def _train_loop(config, run_dir, accelerator, model, network, data, version, *, 
     last_saved = step
     network.train()
     ended = False  # the loop ended (finished, budget, interrupt) rather than raised
+
+    def agree(stop_requested: bool) -> tuple[bool, bool]:
+        """(some process was interrupted, some process spent the time budget), and the CPU-seconds of
+        all processes together, in one all-reduce."""
+        nonlocal cpu_seconds
+        flags = torch.tensor([float(stop_requested), float(budget is not None and elapsed >= budget),
+                              time.process_time() - session_cpu], dtype=torch.float64, device=accelerator.device)
+        total = accelerator.reduce(flags, "sum").cpu()
+        cpu_seconds = base_cpu + float(total[2])
+        return bool(total[0] > 0), bool(total[1] > 0)
+
+    def stop_after_save(received: list) -> None:
+        if received and together:
+            interrupts.extend(received)  # the next agreement stops every process
+        elif received:
+            raise _StopRequested()
+
     try:
-        try:
-            with open(log_path, "a") as log:
-                while step < config.steps:
-                    if max_steps is not None and step >= max_steps:
-                        stop_reason = "stopped early"
-                        break
-                    if budget is not None and elapsed >= budget:
-                        stop_reason = f"time budget of {config.max_minutes} min spent"
-                        break
-                    # (seed, step, process) fixes the batch and the noise: resuming replays the same run
-                    generator = torch.Generator().manual_seed(
-                        (config.seed * 1_000_003 + step) * 1009 + accelerator.process_index
-                    )
-                    index = torch.randint(len(data), (local_batch,), generator=generator)
-                    batch = {"images": data.images[index].to(accelerator.device),
-                             "labels": data.labels[index].to(accelerator.device)}
-                    with guard(config.model, f"train (step {step + 1})"):
-                        loss, logs = model.training_loss(network, batch, generator=generator)
+        with held as interrupts:
+            try:
+                with open(log_path, "a") if main else nullcontext() as log:
+                    while step < config.steps:
+                        if max_steps is not None and step >= max_steps:
+                            stop_reason = "stopped early"
+                            break
+                        if together:
+                            interrupted, budget_spent = agree(bool(interrupts))
+                            if interrupted:
+                                raise _StopRequested()
+                        else:
+                            budget_spent = budget is not None and elapsed >= budget
+                        if budget_spent:
+                            stop_reason = f"time budget of {config.max_minutes} min spent"
+                            break
+                        # (seed, step) fixes the global batch; (seed, step, part) the noise of each part:
+                        # resuming replays the same run, and so does any number of processes
+                        seed = (config.seed * 1_000_003 + step) * 1009
+                        generator = torch.Generator().manual_seed(seed)
+                        pieces = torch.randint(len(data), (config.batch_size,), generator=generator).tensor_split(parts)
                         optimizer.zero_grad(set_to_none=True)
-                        accelerator.backward(loss)
-                    optimizer.step()
-                    lr_schedule.step()
-                    ema.step(network.parameters())
-                    step += 1
-                    elapsed = base_elapsed + time.perf_counter() - session_start
-                    cpu_seconds = base_cpu + time.process_time() - session_cpu
-                    bar.update(1)
-                    if step % config.log_every == 0 or step == config.steps:
-                        row = {"step": step, "loss": loss.item(), **{k: float(v) for k, v in logs.items()},
-                               "wall_seconds": round(elapsed, 2)}
-                        bar.set_postfix(loss=f"{row['loss']:.4g}")
-                        if main:
-                            log.write(json.dumps(row) + "\n")
-                            log.flush()
-                    if step % config.checkpoint_every == 0:
-                        with signals_deferred(f"saving the checkpoint of step {step}; stopping when it is saved") as received:
-                            save_checkpoint()
-                        last_saved = step
-                        if received:
-                            raise _StopRequested()
-                    if next_snapshot is not None and cpu_seconds >= next_snapshot:
-                        with signals_deferred(f"saving a snapshot at step {step}; stopping when it is saved") as received:
-                            save_snapshot()
-                        next_snapshot = (cpu_seconds // snapshot_every + 1) * snapshot_every
-                        if received:
-                            raise _StopRequested()
-        except (KeyboardInterrupt, _StopRequested):
-            stop_reason = "interrupted"
-        ended = True
+                        loss, logs = 0.0, {}
+                        for n, part in enumerate(mine):
+                            index = pieces[part]
+                            batch = {"images": data.images[index].to(accelerator.device),
+                                     "labels": data.labels[index].to(accelerator.device)}
+                            share = len(index) / config.batch_size  # of the global batch's mean loss
+                            with guard(config.model, f"train (step {step + 1})"):
+                                part_loss, part_logs = model.training_loss(
+                                    network, batch, generator=generator if part == 0 else
+                                    torch.Generator().manual_seed(seed + part))
+                                # the all-reduce averages over processes: scale so that it sums the parts
+                                with accelerator.no_sync(network) if n < len(mine) - 1 else nullcontext():
+                                    accelerator.backward(part_loss * (share * processes))
+                            loss = loss + part_loss.detach() * share
+                            for k, v in part_logs.items():
+                                logs[k] = logs.get(k, 0.0) + float(v) * share
+                        optimizer.step()
+                        lr_schedule.step()
+                        ema.step(network.parameters())
+                        step += 1
+                        elapsed = base_elapsed + time.perf_counter() - session_start
+                        if not together:
+                            cpu_seconds = base_cpu + time.process_time() - session_cpu
+                        bar.update(1)
+                        if step % config.log_every == 0 or step == config.steps:
+                            values = torch.tensor([float(loss), *logs.values()], dtype=torch.float64)
+                            if together:  # every process's share of the global batch's mean
+                                values = accelerator.reduce(values.to(accelerator.device), "sum").cpu()
+                            row = {"step": step, "loss": float(values[0]),
+                                   **{k: float(v) for k, v in zip(logs, values[1:])},
+                                   "wall_seconds": round(elapsed, 2)}
+                            bar.set_postfix(loss=f"{row['loss']:.4g}")
+                            if main:
+                                log.write(json.dumps(row) + "\n")
+                                log.flush()
+                        if step % config.checkpoint_every == 0:
+                            with signals_deferred(f"saving the checkpoint of step {step}; stopping when it is saved") as received:
+                                save_checkpoint()
+                            last_saved = step
+                            stop_after_save(received)
+                        if next_snapshot is not None and cpu_seconds >= next_snapshot:
+                            with signals_deferred(f"saving a snapshot at step {step}; stopping when it is saved") as received:
+                                save_snapshot()
+                            next_snapshot = (cpu_seconds // snapshot_every + 1) * snapshot_every
+                            stop_after_save(received)
+                    if together:
+                        agree(bool(interrupts))  # the CPU time of the last steps, for the final save
+            except (KeyboardInterrupt, _StopRequested):
+                stop_reason = "interrupted"
+            ended = True
     finally:
         # a second Ctrl-C or SIGTERM must not cut the save that keeps the run: it waits for it
         with signals_deferred(f"saving step {step} before stopping; further signals are ignored until it is saved"):
@@ -533,7 +638,7 @@ def _train_loop(config, run_dir, accelerator, model, network, data, version, *, 
         if previous_handler is not None:
             signal.signal(signal.SIGTERM, previous_handler)
 
-    accelerator.wait_for_everyone()
+    accelerator.wait_for_everyone()  # no process leaves (and no launcher ends the run) while the main one saves
     if stop_reason == "interrupted":
         raise KeyboardInterrupt(f"training interrupted at step {step}; run the same command again to resume")
     return final

@@ -7,6 +7,11 @@ import pytest
 
 os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
+# backend="auto" means plain PyTorch in the suite: no probe, export or compile per tiny model;
+# tests/test_runtime.py runs the other backends and the probe explicitly
+os.environ.setdefault("GENLAB_BACKEND", "torch")
+# evals run in the test's own process (whose registry a test may fake); tests of several workers say so
+os.environ.setdefault("GENLAB_EVAL_WORKERS", "1")
 
 from genlab import plugins, registry  # noqa: E402
 

@@ -104,7 +104,7 @@ def test_forward_process_shows_a_noised_digit_and_its_snr(served):
 
 
 def test_reverse_process_streams_from_noise_to_a_digit(served):
-    job = served.submit(0, 6, "ddim", 10, 0.0, "fp32", api_name="/reverse_ddpm")
+    job = served.submit(0, 6, "ddim", 10, 0.0, "auto", "fp32", api_name="/reverse_ddpm")
     frames = list(job)
     assert len(frames) >= 5  # the caller sees the denoising as it happens, not only the end
     captions = [caption for _, _, _, caption in frames]
@@ -118,7 +118,7 @@ def test_reverse_process_rejects_more_steps_than_t(served):
     from gradio_client.exceptions import AppError
 
     with pytest.raises(AppError, match="steps=500 is more than the model's T=100"):
-        served.predict(0, 6, "ddim", 500, 0.0, "fp32", api_name="/reverse_ddpm")
+        served.predict(0, 6, "ddim", 500, 0.0, "auto", "fp32", api_name="/reverse_ddpm")
 
 
 def test_drawing_is_cleaned_up(served, tmp_path):

@@ -28,6 +28,9 @@ def reports(tmp_path, monkeypatch):
         {"id": "ddpm", "options": {**ddpm, "steps": 8}, "fid": 40.0, "precision": 0.7, "recall": 0.9},
         {"id": "ddpm", "options": {**ddpm, "sampler": "dpm-solver++", "steps": 5}, "fid": 30.0, "precision": 0.75,
          "recall": 0.8},
+        # other weights than the app's: never shown as the default model's number, nor its best setting
+        {"id": "ddpm", "options": {**ddpm, "sampler": "ddim", "steps": 8}, "fid": 10.0, "precision": 0.9,
+         "recall": 0.9, "weights": "ddpm-other-set"},
         {"id": "ldm", "options": {"prompt": "{digit}", "guidance": 1.0, "sampler": "ddim", "steps": 3}, "fid": 20.0,
          "precision": 0.8, "recall": 0.85},
         {"id": "vae", "options": {}, "fid": None, "failed": "boom"},
@@ -63,9 +66,10 @@ def test_newest_report_rows_and_best_settings(reports, fake_entry_points):
     rows = app_module.measured_rows()
     assert [r["report"] for r in rows][:1] == ["runs/new"]  # newest first; the unreadable one skipped
     # the best FID of the newest report that measured the model, not the older report's row
-    assert app_module.best_options(DDPM, rows) == {"sampler": "dpm-solver++", "steps": 5, "eta": 0.0,
-                                                   "precision": "fp32"}
+    # backend and precision are this machine's choice, not the report's
+    assert app_module.best_options(DDPM, rows) == {"sampler": "dpm-solver++", "steps": 5, "eta": 0.0}
     assert app_module.best_options(LDM, rows) == {"guidance": 1.0, "sampler": "ddim", "steps": 3}
+    assert app_module.measured("ddpm", {"sampler": "ddim", "steps": 8}, rows)["fid"] == 40.0
     old = app_module.measured("ddpm", {"sampler": "ddim", "steps": 4}, rows)
     assert old["fid"] == 99.0 and old["report"] == "reports/old"  # rows are matched by parsed options
     assert app_module.measured("ddpm", {"sampler": "ddim", "steps": 7}, rows) is None

@@ -71,8 +71,8 @@ def call(url: str, endpoint: str, data: list):
 
 
 VAE_OK = [0, 2, 1.0, "mean"]  # seed, count, temperature, output
-DDPM_OK = [0, 2, "ddim", 4, 0.0, "fp32"]  # seed, count, sampler, steps, eta, precision
-LDM_OK = [0, 1, "a 7", 1.0, "ddim", 2]  # seed, count, prompt, guidance, sampler, steps
+DDPM_OK = [0, 2, "ddim", 4, 0.0, "auto", "fp32"]  # seed, count, sampler, steps, eta, backend, precision
+LDM_OK = [0, 1, "a 7", 1.0, "ddim", 2, "auto", "auto"]  # seed, count, prompt, guidance, sampler, steps, backend, precision
 
 
 def with_(row, index, value):
@@ -101,14 +101,15 @@ BAD_INPUTS = [
     ("sample_ddpm", with_(DDPM_OK, 3, None), "steps must be a whole number from 1 to 1000, got None"),
     ("sample_ddpm", with_(DDPM_OK, 4, -INF), "eta must be a number from 0 to 1, got -inf"),
     ("sample_ldm", with_(LDM_OK, 3, NAN), "guidance must be a number from 0 to 20, got nan"),
+    ("sample_ldm", with_(LDM_OK, 6, "tensorrt"), "backend"),
     ("sample_uniform_noise", [0, 2, INF], "brightness must be a number from 0 to 1, got inf"),
     ("forward_process", ["ddpm", 3, None, 0], "t must be a whole number from 1 to"),
     ("forward_process", ["ddpm", "x", 50, 0], "held-out digit must be a whole number from 0 to"),
     ("forward_process", ["ddpm", 3, 1e30, 0], "t must be a whole number from 1 to"),
     ("forward_process", ["ddpm", 3, 50, -1], "noise seed must be a whole number from 0 to 4294967295, got -1"),
     ("forward_process", ["ddpm", 3, 500, 0], "t must be a whole number from 1 to 100, got 500"),  # the tiny T
-    ("reverse_ddpm", [0, INF, "ddim", 4, 0.0, "fp32"], "frames to show must be a whole number from 2 to 50, got inf"),
-    ("reverse_ddpm", [0, 6, "ddim", NAN, 0.0, "fp32"], "steps must be a whole number from 1 to 1000, got nan"),
+    ("reverse_ddpm", [0, INF, "ddim", 4, 0.0, "auto", "fp32"], "frames to show must be a whole number from 2 to 50, got inf"),
+    ("reverse_ddpm", [0, 6, "ddim", NAN, 0.0, "auto", "fp32"], "steps must be a whole number from 1 to 1000, got nan"),
     ("interpolate", ["vae", None, 1, 4, "slerp"], "first digit must be a whole number from 0 to"),
     ("interpolate", ["vae", 0, 1, NAN, "slerp"], "points must be a whole number from 2 to 16, got nan"),
     ("interpolate", [], "/interpolate takes 5 inputs and got 0: missing model, first digit, second digit"),
@@ -139,9 +140,9 @@ def test_per_model_endpoints_take_named_parameters(lab):
     names = {e: [p["parameter_name"] for p in api["named_endpoints"][f"/{e}"]["parameters"]]
              for e in ("sample_vae", "sample_ddpm", "sample_ldm", "reverse_ddpm", "sample_uniform_noise")}
     assert names["sample_vae"] == ["seed", "count", "temperature", "output"]
-    assert names["sample_ddpm"] == ["seed", "count", "sampler", "steps", "eta", "precision"]
-    assert names["sample_ldm"] == ["seed", "count", "prompt", "guidance", "sampler", "steps"]
-    assert names["reverse_ddpm"] == ["seed", "frames", "sampler", "steps", "eta", "precision"]
+    assert names["sample_ddpm"] == ["seed", "count", "sampler", "steps", "eta", "backend", "precision"]
+    assert names["sample_ldm"] == ["seed", "count", "prompt", "guidance", "sampler", "steps", "backend", "precision"]
+    assert names["reverse_ddpm"] == ["seed", "frames", "sampler", "steps", "eta", "backend", "precision"]
     assert names["sample_uniform_noise"] == ["seed", "count", "brightness"]
     client = Client(lab.url, verbose=False, analytics_enabled=False)
     gallery, caption = client.predict(seed=4, count=3, temperature=0.5, output="mean", api_name="/sample_vae")

@@ -43,7 +43,8 @@ class AnalyticDenoiser(torch.nn.Module):
         return self.schedule_net.scheduler(*args, **kwargs)
 
     def forward(self, x, t):
-        ab = self.alphas_cumprod.float()[t]
+        ab = self.alphas_cumprod.float().to(x.device)[t]
+        ab = ab.view(-1, 1, 1, 1) if ab.dim() else ab  # t: one step, or one per image
         return types.SimpleNamespace(sample=(1 - ab).sqrt() * (x - ab.sqrt() * self.mu) / (ab * self.s**2 + 1 - ab))
 
 
@@ -112,9 +113,17 @@ def test_trajectory_yields_intermediate_states_and_x0_predictions(model):
 
 def test_image_to_image_keeps_the_image_at_low_strength(model):
     x = images()
-    light = model.edit(x, strength=0.05, options={"steps": T})
-    heavy = model.edit(x, strength=1.0, options={"steps": T})
-    assert (light - x).abs().mean() < (heavy - x).abs().mean()
+    for sampler, steps in [("ddim", T), ("dpm-solver++", T - 1)]:
+        light = model.edit(x, strength=0.05, options={"sampler": sampler, "steps": steps})
+        heavy = model.edit(x, strength=1.0, options={"sampler": sampler, "steps": steps})
+        assert (light - x).abs().mean() < (heavy - x).abs().mean()
+
+
+def test_dpm_solver_refuses_a_grid_of_every_timestep_in_one_sentence(model):
+    # such a grid has repeated timesteps, which diffusers' DPM-Solver++ turns into NaN
+    with pytest.raises(GenlabError, match=f"dpm-solver\\+\\+ takes at most {T - 1} steps with this model's noise schedule, got {T}"):
+        model.sample(1, options={"sampler": "dpm-solver++", "steps": T})
+    assert not model.sample(1, options={"sampler": "dpm-solver++", "steps": T - 1}).images.isnan().any()
 
 
 def test_interpolation_starts_and_ends_at_the_images():
@@ -202,3 +211,121 @@ def test_bits_per_dim_of_a_zero_network_matches_an_independent_computation():
         decoder += -np.sum(weights * np.log(np.clip(hi - lo, 1e-12, None))) * np.sum(x0 == value)
     expected = (prior + kl + decoder) / (D * math.log(2))
     assert out["bpd"] == pytest.approx(expected, rel=0.02)
+
+
+# ----- the unbiased bound estimator on a tiny trained model (T = 100) ---------------------------------
+def brute_force_bound(model, x_uint8, seed):
+    """Every term of the bound, one image and one t at a time, from the diffusers scheduler's betas and
+    torch.distributions / mpmath: noise drawn per t for all images, t = 1..T, from one generator."""
+    import mpmath
+
+    net = model.network
+    betas = net.scheduler("ddpm").betas.double()
+    ab = torch.from_numpy(np.cumprod(1 - betas.numpy()))
+    T = len(betas)
+    x0 = x_uint8.double() / 255 * 2 - 1
+    g = torch.Generator().manual_seed(seed)
+    Normal, kl = torch.distributions.Normal, torch.distributions.kl_divergence
+    total = kl(Normal(ab[-1].sqrt() * x0, (1 - ab[-1]).sqrt()), Normal(0.0, 1.0)).flatten(1).sum(1)  # L_T
+    for t in range(1, T + 1):
+        i = t - 1
+        eps = torch.randn(x0.shape, generator=g, dtype=torch.float64)
+        x_t = ab[i].sqrt() * x0 + (1 - ab[i]).sqrt() * eps
+        with torch.no_grad():
+            # channels-last as the model runs it, so that float32 rounding in the network is the same
+            out = net(x_t.float().contiguous(memory_format=torch.channels_last), torch.full((len(x0),), i)).sample.double()
+        if net.config.prediction_type == "v":  # v = sqrt(ab) eps - sqrt(1 - ab) x0
+            x0_hat = ab[i].sqrt() * x_t - (1 - ab[i]).sqrt() * out
+        else:
+            x0_hat = (x_t - (1 - ab[i]).sqrt() * out) / ab[i].sqrt()
+        if t == 1:  # discretized Gaussian decoder, sigma^2 = beta_1, over bins of width 2/255, at 30 digits
+            mpmath.mp.dps = 30
+            sd = mpmath.sqrt(mpmath.mpf(float(betas[0])))
+
+            def log_bin(v, mean):
+                a = -mpmath.inf if v < -0.999 else (mpmath.mpf(v) - 1 / mpmath.mpf(255) - mean) / sd
+                b = mpmath.inf if v > 0.999 else (mpmath.mpf(v) + 1 / mpmath.mpf(255) - mean) / sd
+                return float(mpmath.log(mpmath.ncdf(-a) - mpmath.ncdf(-b)))  # = Phi(b) - Phi(a), exact in either tail
+
+            for n in range(len(x0)):
+                total[n] -= sum(log_bin(v, m) for v, m in zip(x0[n].flatten().tolist(), x0_hat[n].flatten().tolist()))
+            continue
+        # q(x_{t-1} | x_t, x_0) against p(x_{t-1} | x_t): posterior means from x_0 and from x0_hat
+        var = (1 - ab[i - 1]) / (1 - ab[i]) * betas[i]
+        def posterior_mean(x_start):
+            return (ab[i - 1].sqrt() * betas[i] * x_start + (1 - betas[i]).sqrt() * (1 - ab[i - 1]) * x_t) / (1 - ab[i])
+        total += kl(Normal(posterior_mean(x0), var.sqrt()), Normal(posterior_mean(x0_hat), var.sqrt())).flatten(1).sum(1)
+    return total / (x0[0].numel() * math.log(2))
+
+
+@pytest.fixture(scope="module")
+def trained_tiny(tiny_ddpm_dir):
+    from genlab.datasets import load_dataset
+
+    return DDPM(weights=tiny_ddpm_dir), load_dataset("digits", "heldout", seed=0).images[:20]
+
+
+def test_bound_with_every_term_exact_is_the_brute_force_sum(trained_tiny):
+    model, x = trained_tiny
+    assert model.num_train_timesteps == 100
+    out = model.bits_per_dim(x, seed=3, exact_terms=100, batch_size=len(x))
+    expected = brute_force_bound(model, x, seed=3)
+    assert out["bpd"] == pytest.approx(float(expected.mean()), rel=1e-6)
+    assert out["bpd_stderr"] == pytest.approx(float(expected.std() / math.sqrt(len(x))), rel=1e-4)
+    assert out["method"].startswith("variational bound, all 100 terms") and out["convention"] == "discrete"
+    assert "no dequantization" in out["method"]
+    # exact_terms + strata >= T is the same computation
+    assert model.bits_per_dim(x, seed=3, exact_terms=60, strata=40, batch_size=len(x))["bpd"] == out["bpd"]
+
+
+def test_bound_of_a_v_prediction_cosine_model_is_the_brute_force_sum():
+    # the bundled DDPM's parametrisation: x0_hat from v, betas from the cosine schedule
+    net = tiny_net(prediction_type="v", beta_schedule="cosine")
+    with torch.no_grad():
+        net.conv_out.weight.mul_(0.1)
+    model = DDPM.from_network(net)
+    x = torch.randint(0, 256, (3, 1, 8, 8), generator=torch.Generator().manual_seed(0), dtype=torch.uint8)
+    out = model.bits_per_dim(x, seed=5, exact_terms=T, batch_size=len(x))
+    assert out["bpd"] == pytest.approx(float(brute_force_bound(model, x, seed=5).mean()), rel=1e-6)
+
+
+def test_stratified_bound_is_unbiased_for_the_all_terms_sum(trained_tiny):
+    """Mean over seeds of the stratified estimate against the mean of the all-terms sum over seeds:
+    within the estimator's stated error, and within 4 standard errors measured from the seeds."""
+    import statistics
+
+    model, x = trained_tiny
+    seeds = range(8)
+    full = [model.bits_per_dim(x, seed=100 + s, exact_terms=100)["bpd"] for s in seeds]
+    runs = [model.bits_per_dim(x, seed=s, exact_terms=10, strata=10) for s in seeds]
+    sampled = [r["bpd"] for r in runs]
+    assert runs[0]["evaluations_per_image"] == 20 and "t=11..100 from 10 strata" in runs[0]["method"]
+    gap = abs(statistics.mean(sampled) - statistics.mean(full))
+    assert gap < runs[0]["bpd_stderr"]
+    # the stated error covers the spread over seeds on the same images
+    assert statistics.stdev(sampled) < 1.5 * statistics.mean(r["bpd_stderr"] for r in runs)
+    spread = math.sqrt(statistics.variance(sampled) / len(seeds) + statistics.variance(full) / len(seeds))
+    assert gap < 4 * spread
+    # the check can fail: the old estimator (10 evenly spaced terms scaled by ~10) is far off
+    profile = model.term_profile(x, seed=0)
+    chosen = torch.linspace(1, 99, 10).round().long()
+    old = (profile[:, 0] + profile[:, 100] + 99 / 10 * profile[:, chosen].sum(1)) / (64 * math.log(2))
+    assert abs(float(old.mean()) - statistics.mean(full)) > 10 * runs[0]["bpd_stderr"]
+
+
+def test_term_profile_columns_sum_to_the_all_terms_bound(trained_tiny):
+    model, x = trained_tiny
+    profile = model.term_profile(x[:5], seed=1)
+    assert profile.shape == (5, 101)
+    total = profile.sum(1) / (64 * math.log(2))
+    assert float(total.mean()) == pytest.approx(model.bits_per_dim(x[:5], seed=1, exact_terms=100)["bpd"], rel=1e-9)
+    assert float(profile[:, 1].mean()) > float(profile[:, 50].mean())  # the small-t terms are the large ones
+
+
+def test_bound_estimator_rejects_a_budget_it_cannot_use(trained_tiny):
+    model, x = trained_tiny
+    with pytest.raises(GenlabError, match="exact_terms"):
+        model.bits_per_dim(x, exact_terms=0)
+    # no strata and too few exact terms would silently drop the rest of the bound
+    with pytest.raises(GenlabError, match="strata=0 needs exact_terms="):
+        model.bits_per_dim(x, exact_terms=3, strata=0)

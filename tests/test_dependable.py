@@ -208,7 +208,7 @@ def test_train_classifier_never_replaces_the_bundled_weights_unless_asked(capsys
 def test_eval_stops_on_sigterm_with_its_resume_message(capsys, monkeypatch, tmp_path):
     import genlab.evals.runner as runner
 
-    def killed(config, out_dir=None):
+    def killed(config, out_dir=None, **kwargs):
         os.kill(os.getpid(), signal.SIGTERM)
         raise AssertionError("SIGTERM did not stop the eval")
 

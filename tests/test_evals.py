@@ -30,6 +30,10 @@ def test_eval_end_to_end_on_digits(tmp_path, tiny_vae_dir, with_example_plugin):
     assert 8.0 < vae["likelihood"]["bpd"] and vae["reconstruction"]["mse"] >= 0
     assert vae["reconstruction"]["psnr"] > 0 and 0 < vae["reconstruction"]["ssim"] <= 1
     assert "likelihood" not in noise and "reconstruction" not in noise
+    # the per-pixel histogram baseline, on the same held-out images, is a line of the likelihood table
+    baseline = metrics["likelihood_baseline"]
+    assert baseline["images"] == vae["likelihood"]["images"] == 20 and 0 < baseline["bpd"] < 8
+    assert "*baseline: independent per-pixel histogram*" in report.read_text()
     # uniform noise is the worst thing a model can do; the real data floor is the best
     floor = metrics["real_data_floor"]
     assert floor["eq_fid"] < vae["eq_fid"] < noise["eq_fid"] and floor["fid_inf"] < noise["fid_inf"]
@@ -82,15 +86,17 @@ def test_fid_of_a_set_with_itself_is_zero_and_grows_with_a_shift():
     assert fidelity_metrics(darker, images, "mnist-classifier")["fid"] > 1.0
 
 
-def test_diffusion_rows_report_quality_against_nfe(tmp_path, tiny_ddpm_dir, fake_entry_points):
+def test_diffusion_rows_report_quality_against_nfe(tmp_path, tiny_ddpm_dir, fake_entry_points, monkeypatch):
     fake_entry_points({"ddpm": "genlab_ddpm"})
+    # whatever this machine's probe would choose, published numbers are drawn by plain PyTorch fp32
+    monkeypatch.setenv("GENLAB_BACKEND", "onnxruntime")
     config = EvalConfig(
         dataset="digits", num_samples=40, likelihood_images=10, batch_size=40,
         models=[
             {"id": "ddpm", "label": "ddim-5", "weights": str(tiny_ddpm_dir),
-             "options": {"sampler": "ddim", "steps": 5}, "likelihood": {"timesteps": 10}},
+             "options": {"sampler": "ddim", "steps": 5}, "likelihood": {"exact_terms": 5, "strata": 5}},
             {"id": "ddpm", "label": "dpm-3", "weights": str(tiny_ddpm_dir),
-             "options": {"sampler": "dpm-solver++", "steps": 3}, "likelihood": {"timesteps": 10}},
+             "options": {"sampler": "dpm-solver++", "steps": 3}, "likelihood": {"exact_terms": 5, "strata": 5}},
         ],
     )
     run_eval(config, out_dir=tmp_path / "run")
@@ -101,7 +107,8 @@ def test_diffusion_rows_report_quality_against_nfe(tmp_path, tiny_ddpm_dir, fake
     assert metrics["best_by_family"]["diffusion"]["model"] == best["model"]
     assert (tmp_path / "run" / "images" / "fid_vs_nfe.png").is_file()
     assert rows["ddim-5"]["options"]["sampler"] == "ddim"
-    assert "10 of 100 terms" in rows["ddim-5"]["likelihood"]["method"]
+    assert {k: rows["dpm-3"]["options"][k] for k in ("backend", "precision")} == {"backend": "torch", "precision": "fp32"}
+    assert "t=1..5 exact, t=6..100 from 5 strata" in rows["ddim-5"]["likelihood"]["method"]
     assert rows["ddim-5"]["likelihood"]["bpd"] > 0 and rows["ddim-5"]["fid"] > 0
 
 

@@ -5,6 +5,7 @@ import math
 import pytest
 import torch
 
+from genlab import GenlabError
 from genlab.interpolation import interpolate_latents
 from genlab_vae import VAE
 from genlab_vae.network import VAENetwork
@@ -151,3 +152,14 @@ def test_active_units_count_dimensions_whose_posterior_mean_varies(net, x):
     assert diag["activity"][1] == 0.0
     assert diag["active_units"] == sum(v > 0.01 for v in diag["activity"])
     assert diag["active_units"] <= 2
+
+
+def test_bundled_weights_can_be_named_by_their_folder(tmp_path):
+    from genlab_vae import BUNDLED, WEIGHTS
+
+    assert VAE(weights="vae-mnist-5k").weights == WEIGHTS
+    assert VAE().weights == WEIGHTS
+    assert VAE(weights=tmp_path).weights == tmp_path  # a real folder is taken as given
+    with pytest.raises(GenlabError, match="no checkpoint at no-such-set.*a bundled set: vae-dlogistic-mnist-5k, vae-mnist-5k"):
+        VAE(weights="no-such-set").network
+    assert BUNDLED == WEIGHTS.parent

@@ -14,9 +14,10 @@ metric is computed from those features.
   not reward a collapsed model: density counts how many real neighbourhoods hold each sample, and
   coverage the share of real neighbourhoods that hold any sample.
 
-Features are cached on disk by the images' content and the extractor's fingerprint
+Features are cached on disk by the images' content (which fixes the dataset, split, N and seed of a
+reference draw) and the extractor's fingerprint (its weights and preprocessing) and device type
 (``GENLAB_CACHE/features``), so the real-data reference and floor are featurized once per machine,
-not once per run.
+not once per run. An eval keeps its samples' features beside its shards, in the run folder.
 """
 
 from __future__ import annotations
@@ -42,22 +43,21 @@ def feature_cache_dir() -> Path:
 
 def _extractor(name: str):
     """A torch-fidelity feature extractor instance for a registered genlab extractor (one per process)."""
-    import torch
     import torch_fidelity
     from torch_fidelity.registry import FEATURE_EXTRACTORS_REGISTRY
 
     from genlab.registry import get_feature_extractor
+    from genlab.runtime import resolve_device
 
     spec = get_feature_extractor(name)
     key = f"genlab-{name}"
     if key not in FEATURE_EXTRACTORS_REGISTRY:
         torch_fidelity.register_feature_extractor(key, spec.load())
     cls = FEATURE_EXTRACTORS_REGISTRY[key]
-    instance = _INSTANCES.get(key)
+    device = resolve_device()  # --device / GENLAB_DEVICE, else CUDA, MPS or the CPU
+    instance = _INSTANCES.get((key, str(device)))
     if instance is None:
-        instance = _INSTANCES[key] = cls(key, list(cls.get_provided_features_list())).eval()
-        if torch.cuda.is_available():
-            instance = _INSTANCES[key] = instance.cuda()
+        instance = _INSTANCES[key, str(device)] = cls(key, list(cls.get_provided_features_list())).eval().to(device)
     return spec, instance
 
 
@@ -71,8 +71,13 @@ def images_digest(images) -> str:
     return h.hexdigest()[:20]
 
 
-def extract_features(images, extractor: str, *, batch_size: int = 250, cache: bool = True) -> dict:
-    """{feature name: float tensor [N, D]} of uint8 images [N, C, H, W] through ``extractor``."""
+def extract_features(images, extractor: str, *, batch_size: int = 250, cache: bool = True,
+                     cache_dir: Path | None = None) -> dict:
+    """{feature name: float tensor [N, D]} of uint8 images [N, C, H, W] through ``extractor``.
+
+    Cached by the images' content and the extractor's fingerprint in ``cache_dir`` (default: the
+    machine-wide feature cache, for real data; an eval keeps its samples' features in its run folder).
+    """
     import torch
     from safetensors.torch import load_file, save_file
     from torch_fidelity.utils import get_featuresdict_from_dataset
@@ -81,8 +86,11 @@ def extract_features(images, extractor: str, *, batch_size: int = 250, cache: bo
     path = None
     if cache:
         fingerprint = spec.fingerprint() if spec.fingerprint else ""
-        tag = hashlib.sha256(f"{extractor}|{fingerprint}".encode()).hexdigest()[:10]
-        path = feature_cache_dir() / f"{extractor}-{tag}" / f"{images_digest(images)}.safetensors"
+        # features made on another kind of device differ in the last digits: kept apart
+        device = next(net.parameters(), torch.zeros(0)).device.type
+        tag = hashlib.sha256(f"{extractor}|{fingerprint}|{device}".encode()).hexdigest()[:10]
+        folder = Path(cache_dir) if cache_dir is not None else feature_cache_dir()
+        path = folder / f"{extractor}-{tag}" / f"{images_digest(images)}.safetensors"
         if path.is_file():
             try:
                 return load_file(str(path))
@@ -96,8 +104,8 @@ def extract_features(images, extractor: str, *, batch_size: int = 250, cache: bo
         def __getitem__(self, i):
             return images[i]
 
-    features = get_featuresdict_from_dataset(Images(), net, batch_size, torch.cuda.is_available(),
-                                             save_cpu_ram=True, verbose=False)
+    on_cuda = next(net.parameters()).device.type == "cuda"  # torch-fidelity moves batches to CUDA only
+    features = get_featuresdict_from_dataset(Images(), net, batch_size, on_cuda, save_cpu_ram=True, verbose=False)
     features = {k: v.float().contiguous() for k, v in features.items()}
     if path is not None:
         path.parent.mkdir(parents=True, exist_ok=True)

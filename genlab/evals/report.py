@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import base64
 import html
+import json
 import os
 import re
 from pathlib import Path
@@ -168,16 +169,19 @@ def to_html(markdown_text: str, folder: Path, title: str) -> str:
     return HTML_PAGE.format(title=html.escape(title), body=body)
 
 
-def _unique_by(rows: list[dict], path: str) -> list[dict]:
-    """The first row for each value at ``path`` ("a.b"): per-checkpoint results appear once, not
-    once per sampling setting."""
+def _unique_by(rows: list[dict], *paths: str) -> list[dict]:
+    """The first row for each value at ``paths`` ("a.b"; a missing key reads None): per-checkpoint
+    results appear once, not once per sampling setting."""
     seen, unique = set(), []
     for row in rows:
-        value = row
-        for key in path.split("."):
-            value = value[key]
-        if value not in seen:
-            seen.add(value)
+        values = []
+        for path in paths:
+            value = row
+            for key in path.split("."):
+                value = value.get(key) if isinstance(value, dict) else None
+            values.append(json.dumps(value, sort_keys=True, default=str))
+        if tuple(values) not in seen:
+            seen.add(tuple(values))
             unique.append(row)
     return unique
 
@@ -190,6 +194,8 @@ def write_report(result: dict, out: Path) -> Path:
                       trim_blocks=True, lstrip_blocks=True, finalize=md_text)
     env.filters["fmt"] = fmt
     env.filters["unique_by"] = _unique_by
+    # per-checkpoint results are named by the model and, when not its default ones, the weights
+    env.filters["checkpoint"] = lambda row: row["id"] + (f" ({row['weights']})" if row.get("weights") else "")
     env.filters["cell"] = lambda text: text  # kept for templates: every value is escaped by finalize
     env.filters["path"] = lambda path: Markup(path)  # genlab's own image paths (made of slugs)
     env.filters["pm"] = lambda spread: f" ± {fmt(spread, 2)}" if spread is not None else ""

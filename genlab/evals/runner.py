@@ -4,6 +4,13 @@ What is measured for a model follows from its declared capabilities only:
 sample -> FID, KID (and IS, precision/recall where the extractor allows), throughput, latency;
 likelihood -> NLL bound in bits/dim on held-out data; reconstruct -> MSE, PSNR, SSIM;
 prompt -> prompt (and attribute) accuracy.
+
+An eval is cut into jobs (``_plan``): reference features, sample shards with their features, each set
+of weights' likelihood, reconstruction, latents and interpolation, each row's prompt metrics, and
+each finished row. Every job leaves its result in the run folder, so a crashed eval resumes, and
+several processes (spawned by the runner, one per core by default, or started by ``torchrun`` /
+``accelerate launch``) can share the jobs out (``parallel``); the main process then writes the
+report from the run folder. The numbers do not depend on how many processes computed them.
 """
 
 from __future__ import annotations
@@ -13,6 +20,7 @@ import json
 import os
 import platform
 import re
+from contextlib import contextmanager
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -22,6 +30,7 @@ from genlab.errors import GenlabError, describe
 from genlab.models import MAX_SEED
 
 from . import evals_dir
+from .baselines import pixel_histogram_bpd
 from .report import write_report
 
 
@@ -150,7 +159,7 @@ QUALITY = ("fid", "kid", "inception_score", "precision", "recall", "density", "c
            "eq_fid", "eq_kid", "eq_precision", "eq_recall", "eq_density", "eq_coverage")
 # bump when what a cached floor or row holds changes: older cached results are then measured again
 # (sample shards are kept: they depend only on the model, its weights, options, N, batch and seed)
-CACHE_VERSION = 2
+CACHE_VERSION = 3  # 2: equal-N metrics and FID at infinity; 3: unbiased DDPM bound, exact continuous-Bernoulli normaliser
 
 
 def mean_and_spread(runs: list[dict]) -> dict:
@@ -182,50 +191,62 @@ def _write_atomic(path: Path, text: str) -> None:
     write_text(path, text)
 
 
-def sample_shards(model, entry: ModelEntry, n: int, seed: int, batch_size: int, folder: Path):
-    """N images as uint8, drawn in seeded batches, each batch saved as a shard the moment it is made.
-
-    A killed eval resumes from the shards on disk and samples only the missing ones; a shard's
-    sampling time is stored with it, so throughput survives a resume. Returns (images, seconds,
-    nfe, shards sampled by this call).
-    """
-    import torch
+def _read_shard(shard: Path, count: int):
+    """(images, seconds, nfe) of a shard on disk, or None when it is missing, damaged or of another size."""
     from safetensors import safe_open
+
+    if not shard.is_file():
+        return None
+    try:
+        with safe_open(str(shard), "pt") as f:
+            images, meta = f.get_tensor("images"), f.metadata()
+        nfe = int(meta["nfe"]) if meta.get("nfe") not in (None, "None") else None
+        seconds = float(meta["seconds"])
+    except Exception:  # damaged on disk: drawn again
+        return None
+    return (images, seconds, nfe) if len(images) == count else None
+
+
+def draw_shard(model, entry: ModelEntry, options, count: int, seed: int, index: int, shard: Path):
+    """Shard ``index`` of a seed's samples, drawn and saved whole (its sampling time with it, so that
+    throughput survives a resume); returns (images, seconds, nfe)."""
     from safetensors.torch import save_file
-    from tqdm.auto import tqdm
 
     from genlab.datasets import to_uint8
     from genlab.registry import guard
 
-    folder.mkdir(parents=True, exist_ok=True)
+    with guard(entry.id, "sample"):
+        result = model.sample(count, seed=seed * 100_003 + index, options=options)
+        images = to_uint8(result.images).contiguous()
+    shard.parent.mkdir(parents=True, exist_ok=True)
+    tmp = shard.with_name(f".{shard.name}.{os.getpid()}.tmp")
+    save_file({"images": images}, str(tmp), metadata={"seconds": repr(result.seconds), "nfe": str(result.nfe)})
+    os.replace(tmp, shard)  # a shard is on disk whole or not at all
+    return images, float(result.seconds), result.nfe
+
+
+def shard_path(folder: Path, index: int) -> Path:
+    return folder / f"shard-{index:05d}.safetensors"
+
+
+def sample_shards(model, entry: ModelEntry, n: int, seed: int, batch_size: int, folder: Path):
+    """N images as uint8 in seeded batches, each batch a shard on disk (read back, or drawn and saved
+    the moment it is made): a killed eval resumes from the shards on disk and samples only the missing
+    ones. Returns (the shards' images, seconds, nfe, shards drawn by this call)."""
+    from tqdm.auto import tqdm
+
     options = model.parse_options(entry.options)
     chunks, seconds, nfe, made = [], 0.0, None, 0
-    starts = range(0, n, batch_size)
-    for index, start in enumerate(tqdm(starts, desc=f"sample {entry.name} (seed {seed})", unit="shard", leave=False)):
-        count = min(batch_size, n - start)
-        shard = folder / f"shard-{index:05d}.safetensors"
-        if shard.is_file():
-            try:
-                with safe_open(str(shard), "pt") as f:
-                    images, meta = f.get_tensor("images"), f.metadata()
-            except Exception:  # damaged on disk: drawn again
-                images = ()
-            if len(images) == count:
-                chunks.append(images)
-                seconds += float(meta["seconds"])
-                nfe = int(meta["nfe"]) if meta.get("nfe") not in (None, "None") else None
-                continue
-        with guard(entry.id, "sample"):
-            result = model.sample(count, seed=seed * 100_003 + index, options=options)
-            images = to_uint8(result.images).contiguous()
-        tmp = shard.with_suffix(".tmp")
-        save_file({"images": images}, str(tmp), metadata={"seconds": repr(result.seconds), "nfe": str(result.nfe)})
-        os.replace(tmp, shard)  # a shard is on disk whole or not at all
+    counts = _batches(n, batch_size)
+    for index, count in enumerate(tqdm(counts, desc=f"sample {entry.name} (seed {seed})", unit="shard", leave=False)):
+        found = _read_shard(shard_path(folder, index), count)
+        if found is None:
+            found = draw_shard(model, entry, options, count, seed, index, shard_path(folder, index))
+            made += 1
+        images, sec, nfe = found
         chunks.append(images)
-        seconds += result.seconds
-        nfe = result.nfe
-        made += 1
-    return torch.cat(chunks), seconds, nfe, made
+        seconds += sec
+    return chunks, seconds, nfe, made
 
 
 def _latency(model, entry: ModelEntry, seed: int, repeats: int = 5) -> float:
@@ -271,6 +292,9 @@ def default_run_dir(config: EvalConfig) -> Path:
     return evals_dir() / "runs" / run_name(config)
 
 
+CLASSIFIER = "mnist-classifier"
+
+
 def weights_fingerprint(model) -> list:
     """Names, sizes and modification times of a checkpoint's files: retrained weights are new weights."""
     if model.weights is None or not Path(model.weights).is_dir():
@@ -287,13 +311,15 @@ class _Run:
         from genlab.datasets import load_dataset
 
         self.config, self.out = config, out
-        # what this call drew, and what an earlier call of the same run had left on disk
-        self.shards = {"made": 0, "reused": 0, "results": 0}
+        self.settings = config.model_dump(exclude={"name", "models"})  # what every cached result depends on
+        self.owners: dict = {}  # weights -> the first row of the suite that uses them (names shared images)
         self.train = load_dataset(config.dataset, "train", seed=config.split_seed)
         self.heldout = load_dataset(config.dataset, "heldout", seed=config.split_seed)
         self.seeds = [config.seed + r for r in range(config.repeats)]
         self.extractors = [config.feature_extractor, *[e for e in config.extra_feature_extractors
                                                        if e != config.feature_extractor]]
+        # samples also go through the classifier, whose logits give their class balance
+        self.sample_extractors = [*self.extractors, *[e for e in [CLASSIFIER] if e not in self.extractors]]
         n = config.num_samples
         self.references = {}
         for seed in self.seeds:  # each seed draws its own reference set from the training split
@@ -305,14 +331,39 @@ class _Run:
         """The N at which every row is compared with the floor: as many images as the held-out split has."""
         return min(self.config.num_samples, len(self.heldout))
 
-    def quality(self, images_by_seed: dict, *, floor: bool = False) -> dict:
-        """Quality metrics per extractor, mean and spread over seeds.
+    # ----- features: each image set goes through each extractor once, and is kept on disk ---------
+    def reference_features(self, seed: int, extractor: str) -> dict:
+        """Features of a seed's reference draw (the machine-wide cache: the same for every run)."""
+        from .quality import extract_features
+
+        return extract_features(self.references[seed], extractor)
+
+    def heldout_features(self, extractor: str) -> dict:
+        """Features of the floor's held-out digits (the machine-wide cache)."""
+        from .quality import extract_features
+
+        return extract_features(self.heldout.images[: self.equal_n], extractor)
+
+    def shard_features(self, images, folder: Path) -> dict:
+        """{extractor: features} of one sample shard, kept beside the shards in the run folder: a shard
+        is featurized once, by whichever process drew it, and the sets of a seed are its shards'."""
+        from .quality import extract_features
+
+        return {e: extract_features(images, e, cache_dir=folder / "features") for e in self.sample_extractors}
+
+    def samples_folder(self, entry: ModelEntry, model, seed: int) -> Path:
+        options = model.parse_options(entry.options).model_dump()
+        name = digest([_weights_key(entry, model), options, self.config.num_samples, self.config.batch_size])
+        return self.out / "samples" / f"{_slug(entry.name)}-{name}" / f"seed-{seed}"
+
+    def quality(self, features_by_seed: dict, *, floor: bool = False) -> dict:
+        """Quality metrics per extractor, mean and spread over seeds, from {seed: {extractor: features}}.
 
         Per seed: every metric on all N images against the seed's N reference images (models only);
         the same at the floor's N (the first ``equal_n`` images of both sets, prefix ``eq_``), so
         that rows and the floor are compared at equal N; and FID∞ from subsets of 100 to ``equal_n``.
         """
-        from .quality import extract_features, fid_infinity, quality_from_features
+        from .quality import fid_infinity, quality_from_features
 
         n = self.equal_n
         out = {}
@@ -320,8 +371,8 @@ class _Run:
             feature, logits = feature_layers(extractor)
             runs = []
             for s in self.seeds:
-                reference = extract_features(self.references[s], extractor)
-                generated = extract_features(images_by_seed[s], extractor)
+                reference = self.reference_features(s, extractor)
+                generated = features_by_seed[s][extractor]
                 run = {} if floor else quality_from_features(generated, reference, seed=s, feature=feature,
                                                              logits=logits)
                 at_n = quality_from_features({k: v[:n] for k, v in generated.items()},
@@ -333,29 +384,53 @@ class _Run:
             out[extractor] = mean_and_spread(runs) | {"equal_n": n}
         return out
 
+    # ----- results on disk -------------------------------------------------------------------------
+    def cache_path(self, kind: str, key) -> Path:
+        return self.out / "cache" / f"{kind}-{digest(key)}.json"
+
+    def cached_value(self, kind: str, key) -> dict | None:
+        """A result stored by an earlier job or run, if it was written by code that writes results of
+        the same shape (``CACHE_VERSION``); None otherwise (damaged ones included)."""
+        path = self.cache_path(kind, key)
+        if not path.is_file():
+            return None
+        try:
+            value = json.loads(path.read_text())
+        except (OSError, ValueError):  # damaged on disk: measured again
+            return None
+        return value if isinstance(value, dict) and value.get("cache_version", 1) == CACHE_VERSION else None
+
     def cached(self, kind: str, key, compute):
-        """``compute()``, or its result from an earlier (interrupted) run of the same thing, if that
-        was stored by code that writes results of the same shape (``CACHE_VERSION``)."""
-        path = self.out / "cache" / f"{kind}-{digest(key)}.json"
-        if path.is_file():
-            try:
-                value = json.loads(path.read_text())
-            except (OSError, ValueError):  # damaged on disk: measured again
-                value = {}
-            if isinstance(value, dict) and value.get("cache_version", 1) == CACHE_VERSION:
-                self.shards["results"] += 1
-                return value
+        """``compute()``, or its result from an earlier job or (interrupted) run of the same thing."""
+        value = self.cached_value(kind, key)
+        if value is not None:
+            return value
         value = compute() | {"cache_version": CACHE_VERSION}
+        path = self.cache_path(kind, key)
         path.parent.mkdir(parents=True, exist_ok=True)
         _write_atomic(path, json.dumps(value))
         return value
+
+    def stored(self, kind: str, key, compute):
+        """``compute()`` (any JSON value) once per run folder: kept in cache/ for the row that reads it,
+        whichever process computes it, and for a resumed run."""
+        return self.cached(kind, [self.settings, key], lambda: {"value": compute()})["value"]
+
+    def row_key(self, entry: ModelEntry, model) -> list:
+        # parsed options: a changed default is a changed setting
+        return [self.settings, entry.model_dump(), model.parse_options(entry.options).model_dump(),
+                str(model.weights), weights_fingerprint(model)]
+
+    def row_is_cached(self, entry: ModelEntry, model) -> bool:
+        return self.cached_value(f"row-{_slug(entry.name)}", self.row_key(entry, model)) is not None
 
 
 def _floor(run: _Run) -> dict:
     """The real-data floor: held-out real digits against each seed's reference, same extractors, at
     the held-out split's size (``equal_n``), where the models are compared with it."""
     n = run.equal_n
-    quality = run.quality({s: run.heldout.images[:n] for s in run.seeds}, floor=True)
+    heldout = {e: run.heldout_features(e) for e in run.extractors}  # one pass: the same images for every seed
+    quality = run.quality({s: heldout for s in run.seeds}, floor=True)
     floor = dict(quality[run.config.feature_extractor])
     floor["num_images"] = n
     floor["extractors"] = {k: {m: v[m] for m in QUALITY if m in v} | {"spread": v["spread"]} for k, v in quality.items()}
@@ -397,7 +472,7 @@ def _curve(run: _Run, entry: CurveEntry) -> dict:
     out["family"] = cls.family
     n, seed, extractor = run.equal_n, run.seeds[0], run.config.feature_extractor
     feature, _ = feature_layers(extractor)
-    reference = extract_features(run.references[seed][:n], extractor)[feature]
+    reference = run.reference_features(seed, extractor)[feature][:n]  # the reference draw's features, not a second pass
     out["points"] = []
     for weights, mark in points:
         def measure(weights=weights):
@@ -481,28 +556,25 @@ def _closest_pairs_image(samples, train, pairs: list[dict], path: Path) -> None:
     grid(torch.cat([top, bottom]).float() / 255, nrow=len(pairs), scale=2).save(path)
 
 
-def _class_balance(images) -> dict:
-    """How the bundled classifier labels the samples: a mode-collapse check (1.0 = all ten digits equally)."""
+def _class_balance(logits) -> dict:
+    """How the bundled classifier labels the samples (from its logits, which the samples' features
+    include): a mode-collapse check (1.0 = all ten digits equally)."""
     import math
 
     import torch
 
-    from genlab.datasets import to_unit
-    from genlab.features import classify
-
-    counts = torch.bincount(classify(to_unit(images)), minlength=10).float()
+    counts = torch.bincount(logits.argmax(1), minlength=10).float()
     p = counts / counts.sum()
     entropy = float(-(p[p > 0] * p[p > 0].log()).sum() / math.log(10))
     return {"counts": counts.int().tolist(), "normalized_entropy": entropy,
             "digits_covered": int((p >= 0.02).sum())}
 
 
-def _measure_model(model, entry: ModelEntry, run: _Run, measured: dict) -> dict:
+def _measure_model(model, entry: ModelEntry, run: _Run) -> dict:
+    """A suite row, from what the row's jobs left on disk (anything missing is computed here)."""
     import torch
 
-    from genlab.datasets import to_unit
     from genlab.images import grid
-    from genlab.metrics import reconstruction_metrics
     from genlab.models import Capability
     from genlab.registry import guard
     from genlab.training import code_version
@@ -524,17 +596,17 @@ def _measure_model(model, entry: ModelEntry, run: _Run, measured: dict) -> dict:
             "latent_shape": model.latent_shape(),
             "data_shape": tuple(run.train.images.shape[1:]),
         }
-    weights_key = (entry.id, str(model.weights), json.dumps(weights_fingerprint(model)))
     if model.can(Capability.SAMPLE):
-        images_by_seed, seconds, nfe = {}, 0.0, None
+        features_by_seed, images_by_seed, seconds, nfe = {}, {}, 0.0, None
         for seed in run.seeds:
-            folder = out / "samples" / f"{slug}-{digest([weights_key, options, config.num_samples, config.batch_size])}" / f"seed-{seed}"
-            images, sec, nfe, made = sample_shards(model, entry, config.num_samples, seed, config.batch_size, folder)
-            run.shards["made"] += made
-            run.shards["reused"] += -(-config.num_samples // config.batch_size) - made
-            images_by_seed[seed] = images
+            folder = run.samples_folder(entry, model, seed)
+            chunks, sec, nfe, _ = sample_shards(model, entry, config.num_samples, seed, config.batch_size, folder)
+            shards = [run.shard_features(images, folder) for images in chunks]
+            features_by_seed[seed] = {e: {k: torch.cat([f[e][k] for f in shards]) for k in shards[0][e]}
+                                      for e in run.sample_extractors}
+            images_by_seed[seed] = torch.cat(chunks)
             seconds += sec
-        quality = run.quality(images_by_seed)
+        quality = run.quality(features_by_seed)
         main = quality[config.feature_extractor]
         first = images_by_seed[run.seeds[0]]
         n_total = config.num_samples * len(run.seeds)
@@ -545,7 +617,7 @@ def _measure_model(model, entry: ModelEntry, run: _Run, measured: dict) -> dict:
             "seeds": run.seeds,
             "extractors": {k: {m: v.get(m) for m in QUALITY} | {"spread": v["spread"]} for k, v in quality.items()},
             "sharpness": _sharpness(first),
-            "class_balance": _class_balance(first),
+            "class_balance": _class_balance(features_by_seed[run.seeds[0]][CLASSIFIER]["logits"]),
         })
         grid_path = out / "images" / f"{slug}.png"
         grid(first[:64].float() / 255, nrow=8, scale=2).save(grid_path)
@@ -558,54 +630,89 @@ def _measure_model(model, entry: ModelEntry, run: _Run, measured: dict) -> dict:
         else:
             memo = {"unavailable": f"samples are {tuple(first.shape[1:])}, the data {tuple(run.train.images.shape[1:])}"}
         row["memorization"] = memo
-    # likelihood, reconstruction, latents and interpolation don't depend on sampling options:
-    # measured once per set of weights
-    if model.can(Capability.LIKELIHOOD):
-        key = (*weights_key, json.dumps(entry.likelihood, sort_keys=True))
-        if key not in measured:
-            subset = run.heldout.images[: config.likelihood_images]
-            try:
-                with guard(entry.id, "compute bits_per_dim"):
-                    value = model.bits_per_dim(subset, seed=config.seed, **entry.likelihood)
-                if not isinstance(value, dict) or not _is_number(value.get("bpd")):
-                    raise GenlabError(f"bits_per_dim of model {entry.id} returned {type(value).__name__}, not a "
-                                      "dict with a numeric 'bpd'")
-                measured[key] = {"method": "n/a", "images": len(subset), **value}
-            except GenlabError as exc:  # the plugin's own reason, or its bug: the rest of the row stands
-                measured[key] = {"unavailable": str(exc)}
-        row["likelihood"] = measured[key]
-    if model.can(Capability.RECONSTRUCT):
-        key = (*weights_key, "reconstruction")
-        if key not in measured:
-            x = to_unit(run.heldout.images[: config.likelihood_images])
-            with torch.inference_mode(), guard(entry.id, "reconstruct"):
-                reconstructed = model.reconstruct(x)
-            measured[key] = reconstruction_metrics(x, reconstructed)
-        row["reconstruction"] = measured[key]
-    if model.can(Capability.ENCODE):
-        key = (*weights_key, "latents")
-        if key not in measured:
-            with guard(entry.id, "encode"):
-                measured[key] = _latent_usage(model, run)
-        if measured[key] is not None:
-            row["latents"] = measured[key]
-    if model.can(Capability.INTERPOLATE) and config.interpolation_pairs > 0:
-        key = (*weights_key, "interpolation")
-        if key not in measured:
-            with guard(entry.id, "interpolate"):
-                measured[key] = _interpolation(model, run, entry, out / "images" / f"{slug}_interpolation.png")
-        row["interpolation"] = measured[key]
+    for kind, key, compute in _shared_measures(model, entry, run):
+        value = run.stored(kind, key, compute)
+        if value is not None:
+            row[kind] = value
     if model.can(Capability.PROMPT):
-        with guard(entry.id, "follow prompts"):
-            prompts = model.prompt_metrics(per_prompt=config.prompt_samples, seed=config.seed,
-                                           options=entry.options)
-        if not isinstance(prompts, dict) or not _is_number(prompts.get("prompt_accuracy")):
-            raise GenlabError(f"prompt_metrics of model {entry.id} returned no numeric 'prompt_accuracy'")
+        prompts = run.stored("prompts", run.row_key(entry, model), lambda: _prompt_metrics(model, entry, run))
         # what the report's table reads, whatever a plugin leaves out
         row["prompts"] = {"options": entry.options, "samples": None, "attention": None, **prompts,
                           "attribute_accuracy": {"thickness": None, "slant": None,
                                                  **(prompts.get("attribute_accuracy") or {})}}
     return row
+
+
+def _weights_key(entry: ModelEntry, model) -> tuple:
+    return (entry.id, str(model.weights), json.dumps(weights_fingerprint(model)))
+
+
+def _shared_measures(model, entry: ModelEntry, run: _Run) -> list[tuple]:
+    """(kind, key, compute) of the measures that depend on a model's weights, not its sampling options:
+    likelihood, reconstruction, latents and interpolation, as far as it declares them. Each is computed
+    once per set of weights (by whichever process takes its job first) and read by every row of them;
+    the first such row of the suite names the interpolation strip."""
+    from genlab.models import Capability
+    from genlab.registry import guard
+
+    config = run.config
+    weights = _weights_key(entry, model)
+    owner = _slug(run.owners.get(weights, entry.name))
+    measures = []
+    if model.can(Capability.LIKELIHOOD):
+        measures.append(("likelihood", [weights, entry.likelihood], lambda: _likelihood(model, entry, run)))
+    if model.can(Capability.RECONSTRUCT):
+        def reconstruction():
+            import torch
+
+            from genlab.datasets import to_unit
+            from genlab.metrics import reconstruction_metrics
+
+            x = to_unit(run.heldout.images[: config.likelihood_images])
+            with torch.inference_mode(), guard(entry.id, "reconstruct"):
+                reconstructed = model.reconstruct(x)
+            return reconstruction_metrics(x, reconstructed)
+
+        measures.append(("reconstruction", [weights], reconstruction))
+    if model.can(Capability.ENCODE):
+        def latents():
+            with guard(entry.id, "encode"):
+                return _latent_usage(model, run)
+
+        measures.append(("latents", [weights], latents))
+    if model.can(Capability.INTERPOLATE) and config.interpolation_pairs > 0:
+        def interpolation():
+            with guard(entry.id, "interpolate"):
+                return _interpolation(model, run, entry, run.out / "images" / f"{owner}_interpolation.png")
+
+        measures.append(("interpolation", [weights], interpolation))
+    return measures
+
+
+def _likelihood(model, entry: ModelEntry, run: _Run) -> dict:
+    from genlab.registry import guard
+
+    subset = run.heldout.images[: run.config.likelihood_images]
+    try:
+        with guard(entry.id, "compute bits_per_dim"):
+            value = model.bits_per_dim(subset, seed=run.config.seed, **entry.likelihood)
+        if not isinstance(value, dict) or not _is_number(value.get("bpd")):
+            raise GenlabError(f"bits_per_dim of model {entry.id} returned {type(value).__name__}, not a "
+                              "dict with a numeric 'bpd'")
+        return {"method": "n/a", "images": len(subset), **value}
+    except GenlabError as exc:  # the plugin's own reason, or its bug: the rest of the row stands
+        return {"unavailable": str(exc)}
+
+
+def _prompt_metrics(model, entry: ModelEntry, run: _Run) -> dict:
+    from genlab.registry import guard
+
+    with guard(entry.id, "follow prompts"):
+        prompts = model.prompt_metrics(per_prompt=run.config.prompt_samples, seed=run.config.seed,
+                                       options=entry.options)
+    if not isinstance(prompts, dict) or not _is_number(prompts.get("prompt_accuracy")):
+        raise GenlabError(f"prompt_metrics of model {entry.id} returned no numeric 'prompt_accuracy'")
+    return prompts
 
 
 IMAGE_INPUTS = ("encode", "reconstruct", "interpolate", "likelihood")  # capabilities fed the dataset's images
@@ -650,31 +757,17 @@ def _check_entry(model, entry: ModelEntry, config: EvalConfig, data_shape: tuple
             )
 
 
-def run_eval(config: EvalConfig, out_dir: str | Path | None = None) -> Path:
-    """Run ``config``; returns the path of the written report.md.
-
-    Samples go to ``out/samples`` in shards and each finished model's row to ``out/cache``, so the
-    same command after a crash or Ctrl-C picks up where the run stopped.
-    """
-    import torch
-    from tqdm.auto import tqdm
-
+def _select(config: EvalConfig) -> tuple[list, dict, dict]:
+    """The suite's entries, a loaded model per entry and {entry name: why it cannot be measured},
+    checked before anything runs: a mistake about a model the suite names stops the run, a model
+    taken from the registry is measured as far as it allows."""
     from genlab.errors import ModelError, UnknownModelError
     from genlab.models import Capability
-    from genlab.registry import (
-        get_dataset_spec,
-        get_feature_extractor,
-        get_model,
-        get_models,
-        plugin_of,
-    )
-    from genlab.training import code_version
+    from genlab.registry import get_dataset_spec, get_feature_extractor, get_model, get_models
 
     for extractor in (config.feature_extractor, *config.extra_feature_extractors):
         get_feature_extractor(extractor)  # fail on a typo before any folder or sample is made
     data_shape = tuple(get_dataset_spec(config.dataset).image_shape)
-    # models the suite names are the user's choice: a mistake about one stops the run before it
-    # starts; models taken from the registry are measured as far as each one allows
     explicit = config.models is not None
     entries = config.models if explicit else [ModelEntry(id=m) for m in get_models(Capability.SAMPLE)]
     if not entries:
@@ -696,6 +789,7 @@ def run_eval(config: EvalConfig, out_dir: str | Path | None = None) -> Path:
             if (entry.id, entry.weights) not in loaded:
                 loaded[entry.id, entry.weights] = get_model(entry.id, weights=entry.weights)
             models[entry.name] = loaded[entry.id, entry.weights]
+            _pin_runtime(models[entry.name], entry)
             _check_entry(models[entry.name], entry, config, data_shape)
         except UnknownModelError:
             raise
@@ -705,7 +799,151 @@ def run_eval(config: EvalConfig, out_dir: str | Path | None = None) -> Path:
             if explicit:
                 raise
             failed[entry.name] = str(exc)
+    return entries, models, failed
 
+
+# published numbers come from one way of running each network, whatever this machine's probe would
+# pick for speed (another backend, bf16): plain PyTorch in float32; a suite may name others per model
+EVAL_RUNTIME = {"backend": "torch", "precision": "fp32"}
+
+
+def _pin_runtime(model, entry: ModelEntry) -> None:
+    fields = type(model).Options.model_fields
+    pinned = {k: v for k, v in EVAL_RUNTIME.items() if k in fields and k not in entry.options}
+    if pinned:
+        entry.options = {**entry.options, **pinned}
+
+
+# ----- the jobs --------------------------------------------------------------------------------
+def _plan(run: _Run, entries: list, models: dict, failed: dict) -> list:
+    """The eval as jobs, in the order processes take them: the real data's features, then the big
+    indivisible jobs (prompt metrics, the measures of each set of weights), then the sample shards
+    (each with its features), the floor, and each row once its jobs are finished. The list depends
+    on the suite only, so every process makes the same one."""
+    from functools import partial
+
+    from genlab.models import Capability
+
+    from .parallel import Job
+
+    features = []
+    for extractor in run.extractors:
+        features.append(Job(f"heldout-{extractor}", partial(run.heldout_features, extractor)))
+        features += [Job(f"reference-{seed}-{extractor}", partial(run.reference_features, seed, extractor))
+                     for seed in run.seeds]
+    real = tuple(job.key for job in features)
+    prompts, measures, shards, rows = [], [], [], []
+    for entry in entries:
+        if entry.name in failed:
+            continue
+        model, slug = models[entry.name], _slug(entry.name)
+        run.owners.setdefault(_weights_key(entry, model), entry.name)
+        finished = partial(run.row_is_cached, entry, model)  # a finished row needs none of its jobs
+        steps = []  # the row's jobs in the order _measure_model computes their results
+
+        def add(queue: list, key: str, compute) -> None:
+            job = Job(key, _unless(finished, compute), entry.name, step=len(steps))
+            steps.append(job.key)
+            if job.key not in (j.key for j in queue):  # weights shared with an earlier row: its job
+                queue.append(job)
+
+        if model.can(Capability.SAMPLE):
+            for seed in run.seeds:
+                folder = run.samples_folder(entry, model, seed)
+                for index, count in enumerate(_batches(run.config.num_samples, run.config.batch_size)):
+                    add(shards, f"shard-{slug}-{seed}-{index}",
+                        partial(_shard_job, run, model, entry, seed, index, count, folder))
+        for kind, key, compute in _shared_measures(model, entry, run):
+            add(measures, f"{kind}-{digest(key)}", partial(run.stored, kind, key, compute))
+        if model.can(Capability.PROMPT):
+            add(prompts, f"prompts-{slug}", partial(run.stored, "prompts", run.row_key(entry, model),
+                                                    partial(_prompt_metrics, model, entry, run)))
+        rows.append(Job(f"row-{slug}", partial(run.cached, f"row-{slug}", run.row_key(entry, model),
+                                               partial(_measure_model, model, entry, run)),
+                        entry.name, (*real, *steps), step=len(steps)))
+    floor = Job("floor", partial(run.cached, "floor", run.settings, partial(_floor, run)), needs=real)
+    return [*features, *prompts, *measures, *shards, floor, *rows]
+
+
+def _unless(finished, compute):
+    return lambda: None if finished() else compute()
+
+
+def _shard_job(run: _Run, model, entry: ModelEntry, seed: int, index: int, count: int, folder: Path) -> None:
+    """One sample shard on disk (drawn unless an earlier run left it) and its features."""
+    shard = shard_path(folder, index)
+    found = _read_shard(shard, count)
+    if found is None:
+        found = draw_shard(model, entry, model.parse_options(entry.options), count, seed, index, shard)
+    run.shard_features(found[0], folder)
+
+
+def _work_share(config_data: dict, out: str, folder: str, *, rank: int, alive) -> None:
+    """A worker process's part of an eval: the same plan, the jobs nobody else has taken."""
+    from .parallel import WorkFolder, work
+
+    config = EvalConfig(**config_data)
+    entries, models, failed = _select(config)
+    run = _Run(config, Path(out))
+    work(_plan(run, entries, models, failed), WorkFolder(Path(folder)), rank=rank, alive=alive)
+
+
+def _on_disk(run: _Run, entries: list, models: dict, failed: dict) -> tuple[int, list]:
+    """(the finished results an earlier run left for this one: the floor and rows in cache/, and the
+    sample folders of the rows still to be measured)."""
+    from genlab.models import Capability
+
+    results, folders = int(run.cached_value("floor", run.settings) is not None), []
+    for entry in entries:
+        model = models.get(entry.name)
+        if entry.name in failed:
+            continue
+        if run.row_is_cached(entry, model):
+            results += 1
+        elif model.can(Capability.SAMPLE):
+            folders += [run.samples_folder(entry, model, seed) for seed in run.seeds]
+    return results, folders
+
+
+def _count_shards(folders: list) -> int:
+    return sum(len(list(folder.glob("shard-*.safetensors"))) for folder in folders)
+
+
+@contextmanager
+def _torch_threads(threads: int | None):
+    """Each process's share of the cores while several share an eval."""
+    import torch
+
+    if threads is None:
+        yield
+        return
+    previous = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(previous)
+
+
+def run_eval(config: EvalConfig, out_dir: str | Path | None = None, *, workers: int = 1) -> Path | None:
+    """Run ``config``; returns the path of the written report.md.
+
+    Samples go to ``out/samples`` in shards and each finished model's row to ``out/cache``, so the
+    same command after a crash or Ctrl-C picks up where the run stopped. ``workers`` processes
+    share the jobs (this one and ``workers - 1`` spawned ones, each with its share of the CPU
+    cores); under a launcher (torchrun, accelerate launch) its processes share them instead, and
+    only the main process writes the report (the others return None).
+    """
+    import torch
+    from tqdm.auto import tqdm
+
+    from genlab.distributed import launched_processes, process_rank
+    from genlab.registry import get_feature_extractor, plugin_of
+    from genlab.training import code_version
+
+    from .parallel import WorkFolder, Workers, usable_cores, wait_for, work
+
+    entries, models, failed = _select(config)
     from genlab.datasets import load_dataset
 
     load_dataset(config.dataset, "train", seed=config.split_seed)  # a bad dataset stops the run before its folder is made
@@ -717,19 +955,55 @@ def run_eval(config: EvalConfig, out_dir: str | Path | None = None) -> Path:
         raise GenlabError(f"cannot create report folder {out}: {exc.strerror}") from None
 
     run = _Run(config, out)
-    settings = config.model_dump(exclude={"name", "models"})
-    floor = run.cached("floor", settings, lambda: _floor(run))  # held-out digits: the best any model can do
-    rows, measured = [], {}
-    for entry in tqdm(entries, desc=f"eval {name}", unit="model"):
+    jobs = _plan(run, entries, models, failed)
+    main = process_rank() == 0
+    if launched_processes() > 1:  # the launcher's processes share the jobs; main creates their work folder
+        from genlab.distributed import broadcast_bytes, process_state
+
+        state = process_state()
+        made = str(WorkFolder.create(out).path).encode() if main else None
+        folder, workers, threads = WorkFolder(Path(broadcast_bytes(made, state.device).decode())), 1, None
+    else:
+        folder = WorkFolder.create(out)
+        threads = max(1, usable_cores() // workers) if workers > 1 else None
+    results_before, pending = _on_disk(run, entries, models, failed) if main else (0, [])
+    shards_before = _count_shards(pending)
+    try:
+        if not main:
+            work(jobs, folder, rank=process_rank())
+            return None
+        bar = tqdm(total=len(jobs), desc=f"eval {name}", unit="job")
+
+        def progress():
+            bar.update(folder.finished_count() - bar.n)
+
+        with Workers(workers, _work_share, (config.model_dump(), str(out), str(folder.path)), threads=threads or 1) as pool, \
+                _torch_threads(threads):
+            work(jobs, folder, alive=pool.alive, progress=progress)
+            wait_for(jobs, folder, alive=pool.alive, progress=progress)
+        bar.close()
+        failures = folder.failures()
+        processes = launched_processes() if launched_processes() > 1 else workers
+        shared = folder.summary(processes)
+    finally:
+        if main:
+            folder.remove()
+
+    # the report, from what the jobs left on disk
+    floor = run.cached("floor", run.settings, lambda: _floor(run))  # held-out digits: the best any model can do
+    rows = []
+    for entry in entries:
         if entry.name in failed:
+            continue
+        if entry.name in failures:  # not cached: the same command retries it
+            failed[entry.name] = failures[entry.name]
             continue
         model = models[entry.name]
         try:
-            # parsed options: a changed default is a changed setting
-            key = [settings, entry.model_dump(), model.parse_options(entry.options).model_dump(),
-                   str(model.weights), weights_fingerprint(model)]
-            rows.append(run.cached(f"row-{_slug(entry.name)}", key,
-                                   lambda m=model, e=entry: _measure_model(m, e, run, measured)))
+            row = run.cached(f"row-{_slug(entry.name)}", run.row_key(entry, model),
+                             lambda m=model, e=entry: _measure_model(m, e, run))
+            # which weights (None: the model's default ones), so a row is never taken for another set's
+            rows.append({**row, "weights": entry.weights})
         except KeyboardInterrupt:
             raise
         except (Exception, SystemExit) as exc:  # one model's failure must not cost the others (not cached: retried)
@@ -752,10 +1026,13 @@ def run_eval(config: EvalConfig, out_dir: str | Path | None = None) -> Path:
         "config_hash": digest(config.model_dump()),
         "code_version": code_version(),
         "machine": {"platform": platform.platform(), "processor": platform.processor() or platform.machine(),
-                    "torch": torch.__version__, "threads": torch.get_num_threads(),
+                    "torch": torch.__version__, "threads": threads or torch.get_num_threads(),
+                    "processes": processes, **shared,
                     "cuda": torch.cuda.get_device_name() if torch.cuda.is_available() else None},
         "created_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "real_data_floor": floor,
+        # the "is the model learning anything" line of the likelihood table, on the same held-out images
+        "likelihood_baseline": pixel_histogram_bpd(run.train.images, run.heldout.images[: config.likelihood_images]),
         "models": rows,
         "failed_models": failed_models,  # each with the reason it has no row
         "best_by_family": best_by_family(rows),
@@ -773,8 +1050,8 @@ def run_eval(config: EvalConfig, out_dir: str | Path | None = None) -> Path:
         result["claims"] = []
         warnings.warn(GenlabWarning(f"the seed texts' claims could not be judged ({describe(exc)}); "
                                     "the report has every other section"), stacklevel=2)
-    if run.shards["reused"] or run.shards["results"]:
-        tqdm.write(f"resumed: {run.shards['results']} finished results and {run.shards['reused']} sample "
-                   f"shards were read from {out}; {run.shards['made']} shards were drawn now")
+    if results_before or shards_before:
+        tqdm.write(f"resumed: {results_before} finished results and {shards_before} sample shards were read "
+                   f"from {out}; {_count_shards(pending) - shards_before} shards were drawn now")
     _write_atomic(out / "metrics.json", json.dumps(result, indent=2))
     return write_report(result, out)

@@ -15,6 +15,18 @@ BETA_SCHEDULES = {"linear": "linear", "cosine": "squaredcos_cap_v2"}
 PREDICTION_TYPES = {"epsilon": "epsilon", "v": "v_prediction"}
 
 
+class Denoiser(torch.nn.Module):
+    """The network as a function of tensors only, (x_t [B, C, H, W], integer t [B]) -> its output:
+    what ``genlab.runtime`` exports and runs (a diffusers UNet returns an output object instead)."""
+
+    def __init__(self, network):
+        super().__init__()
+        self.network = network
+
+    def forward(self, sample, timestep):
+        return self.network(sample, timestep).sample
+
+
 class DenoisingUNet(UNet2DModel):
     """``UNet2DModel`` plus the noise schedule it was trained for.
 

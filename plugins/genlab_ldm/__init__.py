@@ -3,7 +3,8 @@
 "Latent Diffusion: best of both" — compress with an autoencoder (VAE-like, but with a very small
 KL weight so reconstructions stay sharp), model the latents with diffusion, decode.
 
-This module stays light (no torch at import); the networks load on first use.
+This module stays light (no torch at import); the networks load on first use, on the model's device.
+The sampler's UNet runs through ``genlab.runtime`` (options ``backend`` and ``precision``).
 """
 
 from __future__ import annotations
@@ -15,8 +16,9 @@ from typing import Literal
 from pydantic import Field
 
 import genlab
-from genlab import Capability, Model, Samples, unwrap
+from genlab import Capability, Model, Samples, runtime, unwrap
 from genlab.errors import GenlabError
+from genlab.schedules import set_timesteps
 
 WEIGHTS = Path(__file__).parent / "weights"
 
@@ -50,7 +52,7 @@ class LDMAutoencoder(Model):
         import torch
 
         with torch.inference_mode():
-            return self.network.posterior(images.float())[0]
+            return self.network.posterior(images.float().to(self.device))[0].cpu()
 
     def latent_shape(self):
         network = self.network
@@ -65,7 +67,7 @@ class LDMAutoencoder(Model):
         import torch
 
         with torch.inference_mode():
-            mean, std = self.network.posterior(images.float())
+            mean, std = (v.cpu() for v in self.network.posterior(images.float().to(self.device)))
         if self.network.config.regularizer != "kl":
             return mean, None
         return mean, 2 * std.clamp_min(1e-12).log()
@@ -74,7 +76,7 @@ class LDMAutoencoder(Model):
         import torch
 
         with torch.inference_mode():
-            return self.network.decode(latents)
+            return self.network.decode(latents.to(self.device)).cpu()
 
     def reconstruct(self, images):
         return self.decode(self.encode(images))
@@ -105,6 +107,11 @@ class LDM(Model):
         sampler: Literal["dpm-solver++", "ddim", "ddpm"] = Field(
             "dpm-solver++", description="Scheduler for the latent reverse process (DPM-Solver++ at 10 steps matches DDIM at 20)")
         steps: int = Field(20, ge=1, le=1000, description="Denoising steps; NFE is twice this with guidance")
+        backend: runtime.Backend = runtime.backend_field()
+        precision: runtime.Precision = runtime.precision_field()
+
+    # whether precision=auto may choose bf16: only where FID at N = 1,000 showed it harmless
+    bf16_harmless = False
 
     def __init__(self, weights=None):
         import threading
@@ -189,6 +196,13 @@ class LDM(Model):
         with self._lock:
             return self._reverse_unlocked(count, seed, opts, attention)
 
+    def runner(self, backend: str = "auto", precision: str = "auto"):
+        """The conditional UNet as ``genlab.runtime`` runs it: ``runner(*net.denoiser_inputs(z, t, cond))``."""
+        net = self.network
+        return runtime.network_runner(self, f"ldm-{net.config.latent_size}", net.denoiser(), net.denoiser_example,
+                                      net.denoiser_input_names(), device=self.device, backend=backend,
+                                      precision=precision, bf16_harmless=self.bf16_harmless)
+
     def _reverse_unlocked(self, count, seed, opts, attention):
         import torch
 
@@ -205,35 +219,38 @@ class LDM(Model):
             sample_prompts = [prompt] * count
         if opts.steps > net.config.num_train_timesteps:
             raise GenlabError(f"steps={opts.steps} is more than the model's T={net.config.num_train_timesteps}")
-        generator = torch.Generator().manual_seed(seed)
+        generator = torch.Generator().manual_seed(seed)  # on the CPU: the same noise on every device
         scheduler = net.scheduler(opts.sampler)
-        scheduler.set_timesteps(opts.steps)
+        set_timesteps(scheduler, opts.steps, opts.sampler)  # before the runner: a refused grid costs no probe
+        # attention maps are recorded by PyTorch attention processors: that needs the torch backend
+        run = self.runner("torch", "fp32") if attention else self.runner(opts.backend, opts.precision)
         c = net.config
-        z = torch.randn((count, c.latent_channels, c.latent_size, c.latent_size), generator=generator)
+        z = runtime.randn((count, c.latent_channels, c.latent_size, c.latent_size), generator, device=self.device)
         z = z * scheduler.init_noise_sigma
         guided = opts.guidance != 1.0 and c.conditioning != "none"
         prompts = sample_prompts + ([""] * count if guided else [])
         recorder = AttentionRecorder(net.unet, batch=count) if attention else None
         step_kwargs = {"generator": generator} if opts.sampler in ("ddpm", "ddim") else {}
         try:
-            images = self._denoise(net, scheduler, z, cond_prompts=prompts, guided=guided, opts=opts,
+            images = self._denoise(net, run, scheduler, z, cond_prompts=prompts, guided=guided, opts=opts,
                                    step_kwargs=step_kwargs)
         finally:
             if recorder is not None:
                 recorder.close()
         nfe = opts.steps * (2 if guided else 1)
-        return images, nfe, notes, prompt, recorder
+        return images.cpu(), nfe, notes, prompt, recorder, run
 
     @staticmethod
-    def _denoise(net, scheduler, z, *, cond_prompts, guided, opts, step_kwargs):
+    def _denoise(net, run, scheduler, z, *, cond_prompts, guided, opts, step_kwargs):
         import torch
 
         c = net.config
         with torch.inference_mode():
             cond = net.condition(cond_prompts)
+            times = torch.zeros(len(cond_prompts), dtype=torch.long, device=z.device)
             for t in scheduler.timesteps:
                 z_in = torch.cat([z, z]) if guided else z
-                eps = net.predict_noise(scheduler.scale_model_input(z_in, t), t, cond)
+                eps = run(*net.denoiser_inputs(scheduler.scale_model_input(z_in, t), times.fill_(int(t)), cond))
                 if guided:  # eps_u + w (eps_c - eps_u); w = 1 is the plain conditional prediction
                     eps_c, eps_u = eps.chunk(2)
                     eps = eps_u + opts.guidance * (eps_c - eps_u)
@@ -243,9 +260,9 @@ class LDM(Model):
     def sample(self, count, *, seed=0, options=None) -> Samples:
         opts = self.parse_options(options)
         start = time.perf_counter()
-        images, nfe, notes, prompt, _ = self._reverse(count, seed, opts)
+        images, nfe, notes, prompt, _, run = self._reverse(count, seed, opts)
         return Samples(images=images, nfe=nfe, seconds=time.perf_counter() - start,
-                       info={"prompt": prompt, "notes": notes})
+                       info={"prompt": prompt, "notes": notes, **runtime.describe_choice(run, self.device)})
 
     def attention_maps(self, *, seed=0, options=None) -> dict:
         """One sample and, per prompt token, its cross-attention map over the image (summed over
@@ -255,10 +272,10 @@ class LDM(Model):
             raise GenlabError(f"this checkpoint conditions by {self.network.config.conditioning}: it has no cross-attention to show")
         if "{digit}" in opts.prompt:
             opts = opts.model_copy(update={"prompt": opts.prompt.replace("{digit}", "7")})
-        images, nfe, notes, prompt, recorder = self._reverse(1, seed, opts, attention=True)
+        images, nfe, notes, prompt, recorder, _ = self._reverse(1, seed, opts, attention=True)
         tokens = self.network.tokenizer.convert_ids_to_tokens(
             self.network.tokenizer(prompt, truncation=True, max_length=self.network.config.max_prompt_tokens)["input_ids"])
-        maps = recorder.token_maps(len(tokens), size=images.shape[-1])
+        maps = recorder.token_maps(len(tokens), size=images.shape[-1]).cpu()
         return {"image": images[0], "tokens": tokens, "maps": maps, "nfe": nfe, "notes": notes}
 
     def latent_shape(self):
@@ -273,7 +290,7 @@ class LDM(Model):
         import torch
 
         with torch.inference_mode():
-            return self.network.first_stage.decode(latents / self.network.config.scale_factor)
+            return self.network.first_stage.decode(latents.to(self.device) / self.network.config.scale_factor).cpu()
 
     def prompt_metrics(self, *, per_prompt: int = 20, seed: int = 0, options=None) -> dict:
         """Digit accuracy over prompts "0".."9", and attribute accuracy over "a thick/thin D" and

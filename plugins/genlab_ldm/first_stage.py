@@ -12,6 +12,8 @@ from diffusers import AutoencoderKL, ConfigMixin, ModelMixin, VQModel
 from diffusers.configuration_utils import register_to_config
 from torch.nn import functional as F
 
+from genlab.runtime import randn  # CPU generators, then moved: a seed means the same on every device
+
 REGULARIZERS = ("kl", "vq")
 
 
@@ -74,7 +76,7 @@ class FirstStage(ModelMixin, ConfigMixin):
     def sample_latent(self, images, generator=None):
         """z = E_mu(x) + E_sigma(x) * eps, a draw from q(z|x): what the LDM diffuses."""
         mean, std = self.posterior(images)
-        return mean + std * torch.randn(mean.shape, generator=generator, device=mean.device)
+        return mean + std * randn(mean.shape, generator, device=mean.device)
 
     def decode(self, z):
         """Latents -> images in [0, 1] (VQ latents are quantized first)."""
@@ -87,7 +89,7 @@ class FirstStage(ModelMixin, ConfigMixin):
         x = self._to_model(images)
         if self.config.regularizer == "kl":
             dist = self.autoencoder.encode(x).latent_dist
-            z = dist.mean + dist.std * torch.randn(dist.mean.shape, generator=generator, device=x.device)
+            z = dist.mean + dist.std * randn(dist.mean.shape, generator, device=x.device)
             recon = self.autoencoder.decode(z).sample
             reg = dist.kl().mean() * self.config.kl_weight
         else:

@@ -67,6 +67,22 @@ def build_tokenizer(vocabulary: list[str], max_length: int, start_token: bool = 
     return tokenizer
 
 
+class ConditionalDenoiser(nn.Module):
+    """``LatentDiffusion.predict_noise`` as a function of tensors only, what ``genlab.runtime`` exports
+    and runs: (x [B, C, H, W] with any concat channels, integer t [B], encoder_hidden_states [B, L, D],
+    then the attention mask [B, L] and the class labels [B] when the conditioning has them) -> noise."""
+
+    def __init__(self, unet, masked: bool, labelled: bool):
+        super().__init__()
+        self.unet, self.masked, self.labelled = unet, masked, labelled
+
+    def forward(self, x, timestep, encoder_hidden_states, *extra):
+        mask = extra[0] if self.masked else None
+        labels = extra[-1] if self.labelled else None
+        return self.unet(x, timestep, encoder_hidden_states=encoder_hidden_states, encoder_attention_mask=mask,
+                         class_labels=labels).sample
+
+
 class LatentDiffusion(ModelMixin, ConfigMixin):
     """Latent diffusion with a switchable conditioning mechanism.
 
@@ -217,6 +233,41 @@ class LatentDiffusion(ModelMixin, ConfigMixin):
             x = torch.cat([z_t, cond["concat"][:, :, None, None].expand(-1, -1, size, size)], 1)
         return self.unet(x, t, encoder_hidden_states=cond["encoder_hidden_states"],
                          encoder_attention_mask=cond["mask"], class_labels=cond["class_labels"]).sample
+
+    # ----- the denoiser as tensors in, tensor out (what genlab.runtime runs) ---------------------------
+    def denoiser_input_names(self) -> list[str]:
+        mode = self.config.conditioning
+        return (["sample", "timestep", "encoder_hidden_states"] + (["mask"] if mode in ("crossattn", "hybrid") else [])
+                + (["class_labels"] if mode == "class" else []))
+
+    def denoiser(self) -> ConditionalDenoiser:
+        """The UNet behind ``predict_noise`` with the conditioning as positional tensors (built once)."""
+        if "_genlab_denoiser" not in self.__dict__:  # kept out of the module tree: never saved twice
+            names = self.denoiser_input_names()
+            self.__dict__["_genlab_denoiser"] = ConditionalDenoiser(self.unet, "mask" in names,
+                                                                    "class_labels" in names).eval()
+        return self.__dict__["_genlab_denoiser"]
+
+    def denoiser_inputs(self, z_t, t, cond: dict) -> tuple:
+        """``predict_noise``'s arguments as the positional tensors ``denoiser()`` takes (t a tensor [B])."""
+        x = z_t
+        if cond["concat"] is not None:
+            size = z_t.shape[-1]
+            x = torch.cat([z_t, cond["concat"][:, :, None, None].expand(-1, -1, size, size)], 1)
+        names = self.denoiser_input_names()
+        return ((x, t, cond["encoder_hidden_states"]) + ((cond["mask"],) if "mask" in names else ())
+                + ((cond["class_labels"],) if "class_labels" in names else ()))
+
+    def denoiser_example(self, batch: int) -> tuple:
+        """Inputs of ``denoiser()`` for a batch (zeros, an all-ones mask): what the export traces."""
+        c = self.config
+        names = self.denoiser_input_names()
+        tokens = c.max_prompt_tokens if "mask" in names else 1
+        width = self.unet.config.cross_attention_dim
+        x = torch.zeros(batch, self.unet.config.in_channels, c.latent_size, c.latent_size)
+        return ((x, torch.full((batch,), c.num_train_timesteps // 2, dtype=torch.long), torch.zeros(batch, tokens, width))
+                + ((torch.ones(batch, tokens, dtype=torch.long),) if "mask" in names else ())
+                + ((torch.zeros(batch, dtype=torch.long),) if "class_labels" in names else ()))
 
     def forward(self, images, prompts: list[str], generator=None):
         """The training loss for images in [0, 1] and their captions (dropped to "" at random for CFG)."""

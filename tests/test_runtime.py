@@ -1,0 +1,398 @@
+"""genlab.runtime: devices, backends and precisions resolved in one place, with one-sentence errors;
+the plain PyTorch path reproduces the samplers' own arithmetic exactly; exported graphs on ONNX Runtime
+and OpenVINO match PyTorch fp32 per forward and over a whole sampler; the probe and its caches."""
+
+import json
+
+import pytest
+import torch
+from conftest import TINY_FIRST_STAGE
+from genlab_ddpm import DDPM
+from genlab_ddpm.network import DenoisingUNet
+from genlab_ldm import LDM, captions
+from genlab_ldm.network import LatentDiffusion
+
+from genlab import GenlabError, runtime
+from genlab.cli import main
+
+HAVE = {b: runtime.installed(b) for b in runtime.GRAPH_BACKENDS}
+GRAPH = [pytest.param(b, marks=pytest.mark.skipif(not HAVE[b], reason=f"{b} is not installed"))
+         for b in runtime.GRAPH_BACKENDS]
+
+
+@pytest.fixture(autouse=True)
+def cache(tmp_path, monkeypatch):
+    """Exported graphs, compiled blobs and probe results of these tests go to a fresh folder."""
+    monkeypatch.setenv("GENLAB_CACHE", str(tmp_path / "cache"))
+    monkeypatch.delenv(runtime.BACKEND_ENV, raising=False)
+    monkeypatch.delenv(runtime.DEVICE_ENV, raising=False)
+    return tmp_path / "cache"
+
+
+def tiny_ddpm(**kw) -> DDPM:
+    torch.manual_seed(0)
+    config = dict(sample_size=8, block_out_channels=(8, 16), down_block_types=("DownBlock2D", "AttnDownBlock2D"),
+                  up_block_types=("AttnUpBlock2D", "UpBlock2D"), norm_num_groups=4, attention_head_dim=8,
+                  num_train_timesteps=50)
+    net = DenoisingUNet(**{**config, **kw}).eval()
+    with torch.no_grad():
+        net.conv_out.weight.mul_(0.1)  # a fresh UNet predicts loud noise; a trained one is smoother
+    return DDPM.from_network(net)
+
+
+def tiny_ldm(conditioning="crossattn") -> LDM:
+    torch.manual_seed(0)
+    net = LatentDiffusion(first_stage_config=TINY_FIRST_STAGE, conditioning=conditioning,
+                          band_edges={"thickness": [2.5, 3.1], "slant": [0.0, 0.26]},
+                          vocabulary=captions.vocabulary(), block_out_channels=(16, 32), num_train_timesteps=50,
+                          latent_size=4, text_hidden=32, start_token=True, causal_text=True)
+    return LDM.from_network(net.eval())
+
+
+# ----- devices ---------------------------------------------------------------------------------
+def test_auto_is_the_cpu_without_an_accelerator(monkeypatch):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    monkeypatch.setattr(runtime, "_mps_available", lambda: False)
+    assert runtime.resolve_device() == runtime.resolve_device("auto") == torch.device("cpu")
+    assert runtime.resolve_device(" CPU ") == torch.device("cpu")
+
+
+def test_auto_prefers_cuda_then_mps(monkeypatch):
+    monkeypatch.setattr(runtime, "_mps_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert runtime.resolve_device("auto") == torch.device("mps")
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    assert runtime.resolve_device("auto") == torch.device("cuda")
+
+
+@pytest.mark.parametrize("requested, cuda, message", [
+    ("gpu0", False, "unknown device 'gpu0': choose one of auto, cpu, cuda, cuda:N, mps"),
+    ("cuda", False, "device 'cuda' is not available: PyTorch sees no CUDA GPU on this machine; choose auto or cpu"),
+    ("cuda:3", True, "device 'cuda:3' does not exist: this machine has 1 CUDA GPU(s), cuda:0 to cuda:0"),
+    ("mps", False, "device 'mps' is not available: it needs an Apple-silicon Mac"),
+    ("meta", False, "device 'meta' is not one genlab runs on: choose one of auto, cpu, cuda, cuda:N, mps"),
+])
+def test_a_device_this_machine_lacks_is_one_sentence(monkeypatch, requested, cuda, message):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: cuda)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    monkeypatch.setattr(runtime, "_mps_available", lambda: False)
+    with pytest.raises(GenlabError) as info:
+        runtime.resolve_device(requested)
+    assert message in str(info.value) and "\n" not in str(info.value)
+
+
+def test_the_environment_chooses_the_device_and_is_named_when_wrong(monkeypatch):
+    monkeypatch.setenv(runtime.DEVICE_ENV, "cpu")
+    assert tiny_ddpm().device == torch.device("cpu")
+    monkeypatch.setenv(runtime.DEVICE_ENV, "tpu")
+    with pytest.raises(GenlabError, match=r"unknown device 'tpu' \(from GENLAB_DEVICE\)"):
+        runtime.resolve_device()
+
+
+def test_cli_device_option_is_checked_before_anything_runs(capsys, tmp_path, monkeypatch):
+    monkeypatch.setenv(runtime.DEVICE_ENV, "")  # restored after the test: --device sets it for the process
+    out = tmp_path / "s.png"
+    for args, message in ((["--device", "quantum"], "Error: unknown device 'quantum'"),
+                          (["--device", "cuda:0"] if not torch.cuda.is_available() else ["--device", "cuda:99"], "Error: device")):
+        with pytest.raises(SystemExit) as info:
+            main(["sample", "-m", "vae", "-n", "2", "--output", str(out), *args])
+        err = capsys.readouterr().err
+        assert info.value.code == 1 and message in err and len(err.strip().splitlines()) == 1, err
+        assert not out.exists()
+    with pytest.raises(SystemExit) as info:
+        main(["sample", "-m", "vae", "-n", "2", "--output", str(out), "--device", "cpu"])
+        raise SystemExit(0)
+    assert info.value.code == 0 and "cpu" in capsys.readouterr().out and out.is_file()
+
+
+def test_noise_is_drawn_on_the_cpu_then_moved():
+    a = runtime.randn((3, 4), torch.Generator().manual_seed(7), device="meta")  # any device: moved there
+    assert a.device.type == "meta"
+    b = runtime.randn((3, 4), torch.Generator().manual_seed(7))
+    torch.testing.assert_close(b, torch.randn((3, 4), generator=torch.Generator().manual_seed(7)), atol=0, rtol=0)
+
+
+# ----- backends and precisions: declared, validated ---------------------------------------------
+@pytest.mark.parametrize("backend, precision, device, message", [
+    ("onnxruntime", "bf16", "cpu", "precision bf16 is not available on backend onnxruntime"),
+    ("openvino", "fp32", "cuda", "backend openvino runs on the CPU only, and this model runs on cuda"),
+    ("tensorrt", "fp32", "cpu", "unknown backend 'tensorrt': choose one of auto, torch, onnxruntime, openvino"),
+    ("torch", "fp8", "cpu", "unknown precision 'fp8': choose one of auto, fp32, bf16"),
+])
+def test_impossible_runtime_choices_are_one_sentence(backend, precision, device, message):
+    with pytest.raises(GenlabError, match=message):
+        runtime.check_runtime(backend, precision, torch.device(device))
+
+
+def test_a_missing_runtime_package_says_how_to_install_it(monkeypatch):
+    monkeypatch.setattr(runtime, "installed", lambda backend: backend == "torch")
+    with pytest.raises(GenlabError, match="backend openvino needs the openvino package, which is not installed: "
+                                          "pip install openvino, or choose backend auto or torch"):
+        runtime.check_runtime("openvino", "auto", torch.device("cpu"))
+    # auto only offers what is installed
+    assert {c.backend for c in runtime.candidates("auto", "auto", torch.device("cpu"), True)} == {"torch"}
+
+
+def test_sampling_options_validate_backend_and_precision():
+    with pytest.raises(GenlabError, match="invalid option backend='tensorrt' for model ddpm"):
+        DDPM.parse_options({"backend": "tensorrt"})
+    with pytest.raises(GenlabError, match="precision bf16 is not available on backend onnxruntime"):
+        tiny_ddpm().sample(1, options={"steps": 2, "backend": "onnxruntime", "precision": "bf16"})
+    assert DDPM.parse_options({}).backend == "auto" and LDM.parse_options({}).precision == "auto"
+
+
+def test_genlab_backend_overrides_auto_and_is_checked(monkeypatch):
+    monkeypatch.setenv(runtime.BACKEND_ENV, "torch")
+    assert runtime.candidates("auto", "auto", torch.device("cpu"), True) == [runtime.Choice("torch", "fp32")]
+    monkeypatch.setenv(runtime.BACKEND_ENV, "fast")
+    with pytest.raises(GenlabError, match="GENLAB_BACKEND='fast' is not a backend"):
+        tiny_ddpm().sample(1, options={"steps": 2})
+
+
+def test_auto_on_a_gpu_is_plain_pytorch():
+    assert runtime.candidates("auto", "auto", torch.device("cuda"), True) == [runtime.Choice("torch", "fp32")]
+
+
+# ----- the plain PyTorch path is the samplers' own arithmetic ------------------------------------
+def test_ddpm_on_the_cpu_gives_the_images_of_a_plain_diffusers_loop():
+    model = tiny_ddpm()
+    net = model.network
+    for sampler in ("ddim", "dpm-solver++", "ddpm"):
+        got = model.sample(3, seed=4, options={"sampler": sampler, "steps": 6, "backend": "torch", "precision": "fp32"})
+        assert got.info["backend"] == "torch" and got.info["device"] == "cpu" and got.images.device.type == "cpu"
+        # the same computation written out with diffusers alone
+        generator = torch.Generator().manual_seed(4)
+        scheduler = net.scheduler(sampler)
+        scheduler.set_timesteps(6)
+        x = torch.randn((3, 1, 8, 8), generator=generator) * scheduler.init_noise_sigma
+        kwargs = {"generator": generator} if sampler != "dpm-solver++" else {}
+        with torch.no_grad():
+            for t in scheduler.timesteps:
+                x = scheduler.step(net(scheduler.scale_model_input(x, t), t).sample, t, x, **kwargs).prev_sample
+        torch.testing.assert_close(got.images, (x.clamp(-1, 1) + 1) / 2, atol=0, rtol=0)
+
+
+def test_ldm_on_the_cpu_gives_the_images_of_its_plain_loop():
+    model = tiny_ldm()
+    net = model.network
+    got = model.sample(2, seed=1, options={"prompt": "a 7", "guidance": 2.0, "steps": 4, "sampler": "ddim",
+                                           "backend": "torch", "precision": "fp32"})
+    generator = torch.Generator().manual_seed(1)
+    scheduler = net.scheduler("ddim")
+    scheduler.set_timesteps(4)
+    z = torch.randn((2, 4, 4, 4), generator=generator) * scheduler.init_noise_sigma
+    with torch.no_grad():
+        cond = net.condition(["a 7"] * 2 + [""] * 2)
+        for t in scheduler.timesteps:
+            eps_c, eps_u = net.predict_noise(torch.cat([z, z]), t, cond).chunk(2)
+            z = scheduler.step(eps_u + 2.0 * (eps_c - eps_u), t, z, generator=generator).prev_sample
+        expected = net.first_stage.decode(z / net.config.scale_factor)
+    torch.testing.assert_close(got.images, expected, atol=0, rtol=0)
+
+
+def test_the_likelihood_bound_runs_pytorch_fp32_channels_last_whatever_the_backend(monkeypatch):
+    """The DDPM bound's published numbers were computed in PyTorch fp32 with channels-last weights and
+    inputs; neither GENLAB_BACKEND nor a sampler's runner (another memory format, a graph backend)
+    changes them by a bit."""
+    import copy
+
+    model = tiny_ddpm()
+    x = torch.randint(0, 256, (6, 1, 8, 8), generator=torch.Generator().manual_seed(1), dtype=torch.uint8)
+    reference = copy.deepcopy(model.network).to(memory_format=torch.channels_last)
+    with monkeypatch.context() as patch:  # the network called as the published bound called it
+        patch.setattr(model, "runner", lambda *args, **kwargs: (
+            lambda x_t, t: reference(x_t.contiguous(memory_format=torch.channels_last), t).sample))
+        expected = model.bits_per_dim(x, seed=0, exact_terms=4, strata=3)["bpd"]
+    backend = next((b for b in runtime.GRAPH_BACKENDS if HAVE[b]), "torch")
+    monkeypatch.setenv(runtime.BACKEND_ENV, backend)
+    assert model.bits_per_dim(x, seed=0, exact_terms=4, strata=3)["bpd"] == expected
+    for options in ({"backend": "torch", "precision": "fp32"}, {"backend": "auto", "precision": "fp32"}):
+        model.sample(2, seed=0, options={"steps": 2, **options})  # the network now runs another way
+        assert model.bits_per_dim(x, seed=0, exact_terms=4, strata=3)["bpd"] == expected
+    with pytest.raises(ValueError, match="pins a torch runner"):
+        model.runner("onnxruntime", "fp32", mode="channels_last")
+
+
+# ----- exported graphs match PyTorch fp32 ---------------------------------------------------------
+@pytest.mark.parametrize("backend", GRAPH)
+def test_graph_backends_match_torch_per_forward_and_over_a_sampler(backend):
+    model = tiny_ddpm()
+    torch_run, graph_run = model.runner("torch", "fp32"), model.runner(backend, "fp32")
+    x = torch.randn(5, 1, 8, 8, generator=torch.Generator().manual_seed(0))  # 5: a padded OpenVINO bucket
+    t = torch.tensor([0, 10, 20, 30, 49])
+    torch.testing.assert_close(graph_run(x, t), torch_run(x, t), atol=1e-5, rtol=1e-4)
+    options = {"sampler": "dpm-solver++", "steps": 8, "precision": "fp32"}
+    a = model.sample(5, seed=2, options={**options, "backend": "torch"}).images
+    b = model.sample(5, seed=2, options={**options, "backend": backend})
+    assert b.info["backend"] == backend
+    torch.testing.assert_close(b.images, a, atol=1e-4, rtol=0)
+
+
+@pytest.mark.parametrize("backend, conditioning", [
+    *[pytest.param(*p.values, "crossattn", marks=p.marks) for p in GRAPH],
+    *[pytest.param(GRAPH[0].values[0], c, marks=GRAPH[0].marks) for c in ("class", "none")],  # other inputs
+])
+def test_graph_backends_run_the_ldm_whatever_its_conditioning(backend, conditioning):
+    model = tiny_ldm(conditioning)
+    options = {"prompt": "{digit}", "guidance": 2.0, "steps": 3, "precision": "fp32"}
+    a = model.sample(3, seed=0, options={**options, "backend": "torch"}).images
+    b = model.sample(3, seed=0, options={**options, "backend": backend}).images
+    torch.testing.assert_close(b, a, atol=1e-4, rtol=0)
+
+
+@pytest.mark.skipif(not HAVE["openvino"], reason="openvino is not installed")
+def test_openvino_batches_past_its_largest_shape_are_chunked_and_padded():
+    model = tiny_ddpm()
+    x = torch.randn(70, 1, 8, 8, generator=torch.Generator().manual_seed(0))
+    t = torch.arange(70) % 50
+    assert runtime._buckets(70) == [(0, 64), (64, 8)] and runtime._buckets(3) == [(0, 4)]
+    torch.testing.assert_close(model.runner("openvino", "fp32")(x, t), model.runner("torch", "fp32")(x, t),
+                               atol=1e-5, rtol=1e-4)
+
+
+@pytest.mark.skipif(not HAVE["openvino"], reason="openvino is not installed")
+def test_bf16_stays_close_per_forward():
+    model = tiny_ddpm()
+    x = torch.randn(4, 1, 8, 8, generator=torch.Generator().manual_seed(0))
+    t = torch.tensor([5, 15, 25, 45])
+    reference = model.runner("torch", "fp32")(x, t)
+    for backend in ("torch", "openvino"):
+        out = model.runner(backend, "bf16")(x, t)
+        assert float((out - reference).norm() / reference.norm()) < runtime.BF16_TOLERANCE
+
+
+@pytest.mark.skipif(not HAVE["onnxruntime"], reason="onnxruntime is not installed")
+def test_exported_graphs_are_onnx_files_keyed_by_the_weights(cache):
+    import onnx
+
+    model = tiny_ddpm()
+    model.runner("onnxruntime", "fp32")
+    files = sorted((cache / "graphs").glob("*.onnx"))
+    assert len(files) == 1 and files[0].read_bytes()[:1] != b"\x80"  # protobuf, not a pickle
+    onnx.checker.check_model(onnx.load(str(files[0])))
+    other = tiny_ddpm()
+    with torch.no_grad():
+        other.network.conv_in.weight.add_(0.01)
+    other.runner("onnxruntime", "fp32")
+    assert len(list((cache / "graphs").glob("*.onnx"))) == 2  # new weights, new graph
+    same = tiny_ddpm()
+    same.runner("onnxruntime", "fp32")
+    assert len(list((cache / "graphs").glob("*.onnx"))) == 2  # same weights, the cached graph
+
+
+def test_the_fingerprint_sees_weights_and_architecture():
+    a, b = tiny_ddpm().network, tiny_ddpm().network
+    assert runtime.fingerprint(a) == runtime.fingerprint(b)
+    with torch.no_grad():
+        b.conv_out.bias.add_(1e-6)
+    b.__dict__.pop("_genlab_fingerprint", None)
+    assert runtime.fingerprint(a) != runtime.fingerprint(b)
+    # same weights, other head count: another graph
+    assert runtime.fingerprint(tiny_ddpm(attention_head_dim=4).network) != runtime.fingerprint(a)
+
+
+# ----- the probe ------------------------------------------------------------------------------
+class FakeClock:
+    """time.perf_counter for the probe: each fake runner advances it by its own cost."""
+
+    def __init__(self):
+        self.now = 0.0
+
+    def __call__(self):
+        return self.now
+
+
+def fake_build(clock, costs: dict, wrong=()):
+    def build(choice):
+        def run(x):
+            clock.now += costs.get(choice.label, 1.0)
+            out = x * 2
+            if choice.label in wrong:
+                out = out + 1
+            if choice.precision == "bf16":
+                out = out * (1 + 1e-3)
+            return out
+        return run
+    return build
+
+
+def test_probe_picks_the_fastest_correct_choice_and_caches_it(monkeypatch, cache):
+    clock = FakeClock()
+    monkeypatch.setattr(runtime.time, "perf_counter", clock)
+    options = [runtime.Choice("torch"), runtime.Choice("onnxruntime"), runtime.Choice("openvino")]
+    costs = {"torch fp32": 1.0, "onnxruntime fp32": 0.3, "openvino fp32": 0.6}
+    x = torch.ones(4, 3)
+    choice, record = runtime.probe(options, fake_build(clock, costs, wrong={"onnxruntime fp32"}), (x,), {"k": 1})
+    assert choice == runtime.Choice("openvino")  # onnxruntime was faster but wrong
+    assert "onnxruntime fp32" in record["refused"] and record["seconds"]["openvino fp32"] == pytest.approx(0.6)
+    saved = json.loads((cache / "runtime" / "choices.json").read_text())
+    assert [r["choice"] for r in saved.values()] == ["openvino fp32"]
+
+    def must_not_build(choice):
+        raise AssertionError("the cached choice is used without probing again")
+
+    assert runtime.probe(options, must_not_build, (x,), {"k": 1})[0] == runtime.Choice("openvino")
+
+
+def test_probe_with_every_choice_refused_says_so_in_one_sentence(monkeypatch, cache):
+    clock = FakeClock()
+    monkeypatch.setattr(runtime.time, "perf_counter", clock)
+    options = [runtime.Choice("onnxruntime"), runtime.Choice("openvino")]
+    wrong = fake_build(clock, {}, wrong={"onnxruntime fp32", "openvino fp32"})
+    with pytest.raises(GenlabError, match=r"no backend can run this network as asked \(onnxruntime fp32: output "
+                                          r"differs .*\); choose precision fp32 or backend torch"):
+        runtime.probe(options, wrong, (torch.ones(4, 3),), {"k": "none"})
+
+
+def test_bf16_is_chosen_only_when_it_clearly_pays(monkeypatch):
+    clock = FakeClock()
+    monkeypatch.setattr(runtime.time, "perf_counter", clock)
+    options = [runtime.Choice("torch"), runtime.Choice("openvino", "bf16")]
+    x = torch.ones(4, 3)
+    slight = fake_build(clock, {"torch fp32": 1.0, "openvino bf16": 0.95})
+    assert runtime.probe(options, slight, (x,), {"k": "slight"})[0] == runtime.Choice("torch")
+    clear = fake_build(clock, {"torch fp32": 1.0, "openvino bf16": 0.5})
+    assert runtime.probe(options, clear, (x,), {"k": "clear"})[0] == runtime.Choice("openvino", "bf16")
+
+
+@pytest.mark.skipif(not all(HAVE.values()), reason="needs onnxruntime and openvino")
+def test_auto_probes_once_per_machine_and_weights(cache):
+    model = tiny_ddpm()
+    result = model.sample(2, seed=0, options={"steps": 2, "backend": "auto", "precision": "fp32"})
+    record = model.runner("auto", "fp32").record
+    # with several threads the graph backends are also tried with one slice of the batch per thread
+    streams = {"onnxruntime fp32 streams", "openvino fp32 streams"} if torch.get_num_threads() > 1 else set()
+    assert set(record["seconds"]) | set(record["refused"]) == {
+        "torch fp32", "torch fp32 channels_last", "onnxruntime fp32", "openvino fp32", *streams}
+    assert record["choice"] == f"{result.info['backend']} fp32" + (f" {result.info['mode']}" if "mode" in result.info else "")
+    fresh = tiny_ddpm()  # same weights in a new instance: the record on disk is reused
+    assert fresh.runner("auto", "fp32").record["measured_at"] == record["measured_at"]
+
+
+def test_attention_maps_run_on_torch_whatever_the_backend():
+    model = tiny_ldm()
+    out = model.attention_maps(seed=0, options={"prompt": "a 7", "steps": 2, "guidance": 1.0,
+                                                "backend": "onnxruntime" if HAVE["onnxruntime"] else "torch"})
+    assert out["maps"].shape[0] == len(out["tokens"]) and torch.isfinite(out["maps"]).all()
+
+
+def test_outputs_come_back_on_the_cpu():
+    model = tiny_ldm()
+    assert model.sample(1, options={"steps": 2, "backend": "torch"}).images.device.type == "cpu"
+    d = tiny_ddpm()
+    x = torch.rand(2, 1, 8, 8)
+    assert d.encode(x, steps=3, refine=0).device.type == "cpu"
+    assert d.decode(torch.randn(2, 1, 8, 8), steps=3).device.type == "cpu"
+
+
+@pytest.mark.skipif(not HAVE["openvino"], reason="openvino is not installed")
+def test_openvino_is_loaded_without_its_usage_telemetry(tmp_path):
+    import subprocess
+    import sys
+
+    code = ("import sys; from genlab.runtime import OpenVinoRunner; OpenVinoRunner.core(); "
+            "print(sys.modules.get('openvino_telemetry') is None, 'openvino' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120,
+                         env={**__import__("os").environ, "HOME": str(tmp_path)})
+    assert out.stdout.split() == ["True", "True"], out.stderr
+    assert not (tmp_path / "intel").exists()  # no telemetry id written to the home folder
