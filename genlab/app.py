@@ -432,7 +432,7 @@ def reverse_stream(model_id: str, seed, frames, options: dict, progress=None):
         if progress is not None:
             progress((frame["step"], frame["steps"]), desc=f"{model_id}: step {frame['step']}/{frame['steps']}")
         caption = (f"{'done' if done else 'step'} {frame['step']}/{frame['steps']} (t = {frame['t']}), "
-                   f"{plural(frame['step'], 'network evaluation')}, {elapsed:.2f} s"
+                   f"{plural(frame.get('nfe', frame['step']), 'network evaluation')}, {elapsed:.2f} s"
                    + (f" — sampler {opts.sampler}" if hasattr(opts, "sampler") else "")
                    + "; trajectory: x_t on top, x̂_0 below")
         yield _show(frame["x_t"]), _show(frame["x0_hat"]), strip, caption

@@ -143,7 +143,9 @@ class Capability(str, enum.Enum):
     DECODE = "decode"  # latent -> image
     RECONSTRUCT = "reconstruct"  # image -> latent -> image
     INTERPOLATE = "interpolate"  # a path between two images or seeds
-    TRAJECTORY = "trajectory"  # intermediate states of an iterative sampler
+    # intermediate states of an iterative sampler: trajectory() yields {"step", "steps", "t", "x_t",
+    # "x0_hat"}, and "nfe" (network evaluations so far) where a step is not one evaluation
+    TRAJECTORY = "trajectory"
     PROMPT = "prompt"  # text-conditioned sampling: Options has a `prompt` field; see prompt_metrics
     ATTENTION = "attention"  # cross-attention maps per prompt token
     LIKELIHOOD = "likelihood"  # a bound on the negative log-likelihood, in bits/dim

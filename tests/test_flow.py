@@ -138,6 +138,14 @@ def test_nfe_counts_network_calls(gaussian, sampler, steps, expected):
     assert out.images.shape == (2, 1, 8, 8) and 0 <= float(out.images.min()) and float(out.images.max()) <= 1
 
 
+@pytest.mark.parametrize("sampler, steps", [("euler", 3), ("heun", 1), ("heun", 4)])
+def test_trajectory_counts_the_network_evaluations_made_so_far(gaussian, sampler, steps):
+    seen = []
+    for frame in gaussian.trajectory(1, seed=0, options={"sampler": sampler, "steps": steps}):
+        seen.append((frame["nfe"], gaussian.network.calls))
+    assert all(reported == made for reported, made in seen) and seen[-1][0] == nfe(sampler, steps)
+
+
 def test_trajectory_ends_at_the_sample_with_the_clean_guess_at_every_step(model):
     frames = list(model.trajectory(2, seed=3, options={"sampler": "heun", "steps": 6}, record_every=2))
     assert [f["step"] for f in frames] == [1, 3, 5, 6] and frames[-1]["t"] == 0.0

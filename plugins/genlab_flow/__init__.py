@@ -247,7 +247,8 @@ class Flow(Model):
 
     def trajectory(self, count: int = 1, *, seed: int = 0, options=None, record_every: int = 1):
         """Solve the ODE from noise, yielding a dict per recorded step: ``{"step", "steps", "t", "x_t",
-        "x0_hat"}`` (images in [0, 1]; t is the time x_t has reached); the last one is the sample."""
+        "x0_hat", "nfe"}`` (images in [0, 1]; t is the time x_t has reached; nfe the network evaluations
+        so far); the last one is the sample."""
         import torch
 
         opts = self.parse_options(options)
@@ -257,7 +258,8 @@ class Flow(Model):
             for i, (t, s) in enumerate(zip(grid[:-1], grid[1:])):
                 x_next, v = self._step(x, t, s, opts.sampler)
                 if i == opts.steps - 1 or (record_every and i % record_every == 0):
-                    yield {"step": i + 1, "steps": opts.steps, "t": round(s, 4),
+                    yield {"step": i + 1, "steps": opts.steps, "t": round(s, 4), "nfe": nfe(opts.sampler, i + 1)
+                           + (opts.sampler == "heun" and i < opts.steps - 1),  # nfe() counts the last Heun step as one
                            "x_t": self.from_space(x_next), "x0_hat": self.from_space(x - t * v)}
                 x = x_next
 
