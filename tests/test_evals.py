@@ -112,6 +112,35 @@ def test_diffusion_rows_report_quality_against_nfe(tmp_path, tiny_ddpm_dir, fake
     assert rows["ddim-5"]["likelihood"]["bpd"] > 0 and rows["ddim-5"]["fid"] > 0
 
 
+def test_compute_curves_are_drawn_by_the_runtime_the_rows_are(tmp_path, fake_entry_points, monkeypatch):
+    from conftest import TINY_DDPM_NETWORK
+    from genlab_ddpm import DDPM
+
+    from genlab.training import TrainConfig, train
+
+    fake_entry_points({"ddpm": "genlab_ddpm"})
+    train(TrainConfig(model="ddpm", dataset="digits", steps=2, batch_size=16, seed=0, checkpoint_every=2,
+                      snapshot_every_cpu_minutes=1e-6, network=TINY_DDPM_NETWORK), tmp_path / "ddpm-run",
+          progress=False)
+    monkeypatch.setenv("GENLAB_BACKEND", "onnxruntime")  # what this machine's probe might choose for speed
+    drawn = []
+    sample = DDPM.sample
+
+    def spy(self, count, *, seed=0, options=None):
+        drawn.append((options.backend, options.precision))
+        return sample(self, count, seed=seed, options=options)
+
+    monkeypatch.setattr(DDPM, "sample", spy)
+    config = EvalConfig(dataset="digits", num_samples=20, batch_size=20, likelihood_images=10, interpolation_pairs=0,
+                        models=[{"id": "ddpm", "weights": str(tmp_path / "ddpm-run" / "final"),
+                                 "options": {"sampler": "ddim", "steps": 2}, "likelihood": {"exact_terms": 2, "strata": 2}}],
+                        curves=[{"id": "ddpm", "run": str(tmp_path / "ddpm-run"),
+                                            "options": {"sampler": "ddim", "steps": 2}}])
+    run_eval(config, out_dir=tmp_path / "run")
+    curve = json.loads((tmp_path / "run" / "metrics.json").read_text())["curves"][0]
+    assert len(curve["points"]) == 2 and set(drawn) == {("torch", "fp32")}  # the row's and the curve's samples
+
+
 def test_latent_diffusion_rows_report_prompt_accuracy_and_first_stage(tmp_path, tiny_ldm_dir, tiny_first_stage_dir,
                                                                       fake_entry_points):
     fake_entry_points({"ldm": "genlab_ldm"})

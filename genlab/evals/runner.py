@@ -477,7 +477,9 @@ def _curve(run: _Run, entry: CurveEntry) -> dict:
     for weights, mark in points:
         def measure(weights=weights):
             model = cls(weights=weights)
-            options = model.parse_options(entry.options)
+            # the curve's points are published numbers too: the same runtime as the rows (EVAL_RUNTIME)
+            fields = type(model).Options.model_fields
+            options = model.parse_options({**{k: v for k, v in EVAL_RUNTIME.items() if k in fields}, **entry.options})
             images = torch.cat([to_uint8(model.sample(count, seed=seed * 100_003 + i, options=options).images)
                                 for i, count in enumerate(_batches(n, run.config.batch_size))])
             return {"fid": frechet_distance(extract_features(images, extractor)[feature], reference)}
