@@ -375,11 +375,15 @@ def _curves_figure(model, t: int):
 
     curves = model.schedule_curves()
     fig, ax = _figure(4.2, 3.0)
-    ax.plot(curves["t"], curves["alpha_bar"], label="ᾱ_t (signal kept)")
+    ax.plot(curves["t"], curves["alpha_bar"], label="ᾱ_t (signal's share)")
+    if "signal" in curves:  # x_t = signal x_0 + noise eps, not variance-preserving
+        ax.plot(curves["t"], curves["signal"], color="tab:green", linestyle=":", label="signal coefficient")
+        ax.plot(curves["t"], curves["noise"], color="tab:red", linestyle=":", label="noise coefficient")
     ax.set_xlabel("t")
     ax.set_ylim(0, 1.02)
     ax2 = ax.twinx()
-    ax2.plot(curves["t"], 10 * np.log10(np.array(curves["snr"])), color="tab:orange", label="SNR (dB)")
+    snr = np.array(curves["snr"], dtype=float)
+    ax2.plot(curves["t"], 10 * np.log10(np.where(snr > 0, snr, np.nan)), color="tab:orange", label="SNR (dB)")
     ax2.set_ylabel("SNR (dB)")
     ax.axvline(t, color="gray", linestyle="--")
     fig.legend(loc="upper right", fontsize=8)
@@ -398,10 +402,13 @@ def forward_view(model_id: str, index, t, seed):
     t = check_number("t", t, 1, T, whole=True)
     x0 = digits[index : index + 1]
     xt = model.noise(x0, t, seed=seed)
-    ab = model.schedule_curves()["alpha_bar"][t - 1]
-    snr = ab / (1 - ab)
-    text = (f"t = {t} of {T}: ᾱ_t = {ab:.4f}, so x_t keeps {math.sqrt(ab):.3f} of the image and "
-            f"{math.sqrt(1 - ab):.3f} noise; SNR = {snr:.4g} ({10 * math.log10(snr):.1f} dB)")
+    curves = model.schedule_curves()
+    ab, snr = curves["alpha_bar"][t - 1], curves["snr"][t - 1]
+    # a schedule that is not variance-preserving (a flow's straight line) gives its own coefficients
+    signal = curves["signal"][t - 1] if "signal" in curves else math.sqrt(ab)
+    noise = curves["noise"][t - 1] if "noise" in curves else math.sqrt(1 - ab)
+    text = (f"t = {t} of {T}: ᾱ_t = {ab:.4f}, so x_t keeps {signal:.3f} of the image and "
+            f"{noise:.3f} noise; SNR = {snr:.4g} ({f'{10 * math.log10(snr):.1f}' if snr > 0 else '-∞'} dB)")
     return _show(x0), _show(xt), text, _curves_figure(model, t)
 
 

@@ -146,6 +146,35 @@ def test_trajectory_counts_the_network_evaluations_made_so_far(gaussian, sampler
     assert all(reported == made for reported, made in seen) and seen[-1][0] == nfe(sampler, steps)
 
 
+def test_the_forward_process_is_the_straight_line_from_the_digit_to_noise(model):
+    import math
+
+    digit = torch.rand(1, 1, 8, 8)
+    curves = model.schedule_curves()
+    k = 250  # t = 0.25
+    assert curves["signal"][k - 1] == 0.75 and curves["noise"][k - 1] == 0.25
+    assert math.isclose(curves["snr"][k - 1], 9.0) and math.isclose(curves["alpha_bar"][k - 1], 0.9)
+    eps = torch.randn(digit.shape, generator=torch.Generator().manual_seed(4))
+    expected = ((0.75 * (digit * 2 - 1) + 0.25 * eps) + 1) / 2  # in pixel space, shown in [0, 1]
+    assert torch.allclose(model.noise(digit, k, seed=4), expected.clamp(0, 1), atol=1e-6)
+    # at t = 1 nothing of the digit is left
+    assert torch.equal(model.noise(digit, 1000, seed=4), model.noise(torch.zeros_like(digit), 1000, seed=4))
+    with pytest.raises(GenlabError, match="t=0 is outside 1..1000"):
+        model.noise(digit, 0)
+
+
+def test_the_apps_forward_view_shows_the_flows_coefficients(monkeypatch):
+    from genlab import app
+
+    flow = Flow.from_network(tiny_net())
+    monkeypatch.setattr(flow, "metadata", lambda: {"dataset": "digits"})  # 8x8 digits for the 8x8 net
+    monkeypatch.setattr(app, "_model", lambda model_id: flow)
+    _, _, text, _ = app.forward_view("flow", 0, 250, 0)
+    assert text.startswith("t = 250 of 1000: ᾱ_t = 0.9000, so x_t keeps 0.750 of the image and 0.250 noise")
+    _, _, text, _ = app.forward_view("flow", 0, 1000, 0)  # pure noise: an SNR of 0, not an error
+    assert "keeps 0.000 of the image and 1.000 noise; SNR = 0 (-∞ dB)" in text
+
+
 def test_trajectory_ends_at_the_sample_with_the_clean_guess_at_every_step(model):
     frames = list(model.trajectory(2, seed=3, options={"sampler": "heun", "steps": 6}, record_every=2))
     assert [f["step"] for f in frames] == [1, 3, 5, 6] and frames[-1]["t"] == 0.0

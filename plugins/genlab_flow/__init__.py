@@ -98,9 +98,11 @@ class Flow(Model):
         "evaluations. Trained on the LDM first stage's latents."
     )
     capabilities = frozenset({
-        Capability.SAMPLE, Capability.TRAJECTORY, Capability.ENCODE, Capability.DECODE, Capability.RECONSTRUCT,
-        Capability.INTERPOLATE, Capability.IMAGE_TO_IMAGE,
+        Capability.SAMPLE, Capability.TRAJECTORY, Capability.FORWARD_PROCESS, Capability.ENCODE, Capability.DECODE,
+        Capability.RECONSTRUCT, Capability.INTERPOLATE, Capability.IMAGE_TO_IMAGE,
     })
+    # the forward process is shown on a grid of this many times in (0, 1]: t = k / forward_grid
+    forward_grid = 1000
     default_weights = WEIGHTS / "flow-mnist-5k"
     # encode, decode and interpolate: the same deterministic ODE in both directions
     inversion_sampler, inversion_steps = "heun", 16
@@ -189,6 +191,35 @@ class Flow(Model):
     def image_shape(self):
         first_stage = self.first_stage()
         return self.latent_shape() if first_stage is None else first_stage.image_shape()
+
+    # ----- forward process: the straight line from x_0 to noise ---------------------------------
+    @property
+    def num_train_timesteps(self) -> int:
+        return self.forward_grid  # t = k / forward_grid, k = 1..forward_grid: the app's slider
+
+    def schedule_curves(self) -> dict:
+        """The coefficients of x_t = (1 - t) x_0 + t eps at t = k / grid: signal 1 - t, noise t (not
+        variance-preserving: x_t's norm dips mid-way), alpha-bar = the signal's share of x_t's variance
+        for unit-variance data, (1 - t)^2 / ((1 - t)^2 + t^2), and SNR = (1 - t)^2 / t^2."""
+        grid = self.forward_grid
+        t = [k / grid for k in range(1, grid + 1)]
+        signal, noise = [1 - s for s in t], t
+        return {"t": list(range(1, grid + 1)), "signal": signal, "noise": noise,
+                "alpha_bar": [a * a / (a * a + b * b) for a, b in zip(signal, noise)],
+                "snr": [a * a / (b * b) for a, b in zip(signal, noise)]}
+
+    def noise(self, images, t: int, *, seed: int = 0):
+        """x_t = (1 - t) x_0 + t eps at t = ``t`` / grid, in the flow's space (the latents, for a latent
+        flow), shown as an image: decoded by the first stage; images in [0, 1]."""
+        import torch
+
+        if not 1 <= t <= self.forward_grid:
+            raise GenlabError(f"t={t} is outside 1..{self.forward_grid}")
+        s = t / self.forward_grid
+        with torch.inference_mode():
+            x0 = self.to_space(images)
+            eps = torch.randn(x0.shape, generator=torch.Generator().manual_seed(seed))
+            return self.from_space((1 - s) * x0 + s * eps)
 
     # ----- training ------------------------------------------------------------------------------
     def training_loss(self, network, batch, generator=None):
