@@ -11,6 +11,8 @@
   OpenVINO). ``auto`` is fp32, or bf16 where the model declares it harmless to sample quality
   (measured by FID; see each model's ``bf16_harmless``) and the probe finds it clearly faster.
 
+fp32 is IEEE float32 on every device: PyTorch's TF32 (on by default for cuDNN's convolutions) and
+oneDNN's reduced-precision float32 are switched off while an fp32 network runs (``exact_fp32``).
 Samples from a runtime backend in fp32 match PyTorch's within float rounding (the probe refuses a
 backend whose output differs from PyTorch's on its probe batch); bf16 changes sample trajectories
 pixel-wise, which is why it is only ever chosen for models whose FID it leaves unchanged.
@@ -23,6 +25,7 @@ This module imports no torch at import time, so listing plugins stays fast.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import importlib.util
 import json
@@ -155,6 +158,77 @@ def rand(shape, generator=None, *, device=None, dtype=None):
     import torch
 
     return torch.rand(shape, generator=generator, dtype=dtype).to(device if device is not None else "cpu")
+
+
+# ----- float32 that is float32 -------------------------------------------------------------------
+# PyTorch may run float32 matmuls and convolutions in TF32 on NVIDIA GPUs (cuDNN's convolutions do by
+# default: a 10-bit mantissa, ~1e-3 relative per op) and in bf16 or TF32 through oneDNN on CPUs when a
+# process asks for it. precision=fp32 promises float32, so fp32 runs switch those off. Scoped, not set
+# once for the process: genlab is also a library, and a notebook's own TF32 training keeps its speed.
+# Counted, so that overlapping fp32 calls from several threads restore the settings once, at the end.
+_EXACT_LOCK = threading.Lock()
+_exact_users = 0
+_exact_saved: tuple = ()
+
+
+def _fp32_leaves() -> list:
+    """PyTorch's per-op float32 settings (``fp32_precision``, PyTorch >= 2.9; none before)."""
+    import torch
+
+    b = torch.backends
+    ops = (b.cuda.matmul, getattr(b.cudnn, "conv", None), getattr(b.cudnn, "rnn", None),
+           getattr(b.mkldnn, "matmul", None), getattr(b.mkldnn, "conv", None), getattr(b.mkldnn, "rnn", None))
+    return [op for op in ops if op is not None and hasattr(op, "fp32_precision")]
+
+
+def _set_exact() -> tuple:
+    """Switch reduced-precision float32 off; returns what restores the previous settings exactly."""
+    import torch
+
+    cudnn = torch.backends.cudnn
+    leaves = _fp32_leaves()
+    try:
+        cudnn_tf32 = cudnn.allow_tf32
+    except RuntimeError:  # the process set cuDNN's ops apart (per-op API): their per-op values say it all
+        cudnn_tf32 = None
+    saved = (torch.get_float32_matmul_precision(), cudnn_tf32, [(leaf, leaf.fp32_precision) for leaf in leaves])
+    # the older switches through their setters, which keep the per-op values in step (a matmul's per-op
+    # value set alone would contradict the older switch, which PyTorch then refuses to read), then each op
+    torch.set_float32_matmul_precision("highest")  # no TF32 in cuBLAS, no bf16/TF32 oneDNN matmuls
+    if cudnn_tf32 is not None:
+        cudnn.allow_tf32 = False
+    for leaf in leaves:
+        leaf.fp32_precision = "ieee"
+    return saved
+
+
+def _restore(saved: tuple) -> None:
+    import torch
+
+    matmul, cudnn_tf32, leaves = saved
+    torch.set_float32_matmul_precision(matmul)
+    if cudnn_tf32 is not None:
+        torch.backends.cudnn.allow_tf32 = cudnn_tf32
+    for leaf, value in leaves:
+        leaf.fp32_precision = value
+
+
+@contextlib.contextmanager
+def exact_fp32():
+    """IEEE float32 matmuls and convolutions (no TF32, no reduced-precision oneDNN) while the block
+    runs, on every device; the process's own settings come back when the last such block ends."""
+    global _exact_users, _exact_saved
+    with _EXACT_LOCK:
+        if _exact_users == 0:
+            _exact_saved = _set_exact()
+        _exact_users += 1
+    try:
+        yield
+    finally:
+        with _EXACT_LOCK:
+            _exact_users -= 1
+            if _exact_users == 0:
+                _restore(_exact_saved)
 
 
 # ----- backends and precisions -------------------------------------------------------------------
@@ -302,7 +376,8 @@ def _buckets(batch: int, largest: int = GRAPH_CHUNK) -> list[tuple[int, int]]:
 
 
 class TorchRunner:
-    """Plain PyTorch: the module on its device, inference mode, bf16 autocast when asked for."""
+    """Plain PyTorch: the module on its device, inference mode, bf16 autocast when asked for, and fp32
+    as IEEE float32 (``exact_fp32``)."""
 
     def __init__(self, module, device, choice: Choice):
         import torch
@@ -311,19 +386,17 @@ class TorchRunner:
         self.memory_format = torch.channels_last if choice.mode == "channels_last" else torch.contiguous_format
 
     def __call__(self, *inputs):
-        import contextlib
-
         import torch
 
         inputs = [x.to(self.device) for x in inputs]
         if self.choice.mode == "channels_last":
             inputs = [x.contiguous(memory_format=torch.channels_last) if x.dim() == 4 else x for x in inputs]
-        autocast = (torch.autocast(self.device.type, dtype=torch.bfloat16) if self.choice.precision == "bf16"
-                    else contextlib.nullcontext())
+        bf16 = self.choice.precision == "bf16"
+        autocast = torch.autocast(self.device.type, dtype=torch.bfloat16) if bf16 else contextlib.nullcontext()
         if getattr(self.module, "_genlab_memory_format", torch.contiguous_format) != self.memory_format:
             self.module.to(memory_format=self.memory_format)  # the weights follow the activations' format
             self.module._genlab_memory_format = self.memory_format
-        with torch.inference_mode(), autocast:
+        with torch.inference_mode(), autocast, contextlib.nullcontext() if bf16 else exact_fp32():
             out = self.module(*inputs)
         return out.float().contiguous()
 
@@ -632,6 +705,6 @@ def describe_choice(runner: NetworkRunner, device) -> dict:
 
 __all__ = [
     "BACKENDS", "Backend", "Choice", "DEVICES", "NetworkRunner", "PRECISIONS", "Precision", "RUNTIME_OPTIONS",
-    "backend_field", "candidates", "check_runtime", "cpu_model", "device_name", "export_graph", "fingerprint",
-    "network_runner", "precision_field", "rand", "randn", "resolve_device",
+    "backend_field", "candidates", "check_runtime", "cpu_model", "device_name", "exact_fp32", "export_graph",
+    "fingerprint", "network_runner", "precision_field", "rand", "randn", "resolve_device",
 ]

@@ -213,6 +213,76 @@ def test_the_likelihood_bound_runs_pytorch_fp32_channels_last_whatever_the_backe
         model.runner("onnxruntime", "fp32", mode="channels_last")
 
 
+# ----- fp32 is IEEE float32 ----------------------------------------------------------------------
+def float32_settings():
+    """What decides whether float32 matmuls and convolutions may run in TF32 (or bf16 in oneDNN)."""
+    return torch.get_float32_matmul_precision(), torch.backends.cudnn.allow_tf32
+
+
+@pytest.fixture
+def tf32_allowed():
+    """A process that let PyTorch use TF32 (as a notebook training on a GPU would); restored after."""
+    before = float32_settings()
+    torch.set_float32_matmul_precision("high")
+    torch.backends.cudnn.allow_tf32 = True
+    yield float32_settings()
+    torch.set_float32_matmul_precision(before[0])
+    torch.backends.cudnn.allow_tf32 = before[1]
+
+
+class Recorder(torch.nn.Module):
+    """Records the float32 settings in force while it runs (on a GPU they pick TF32 or float32 kernels)."""
+
+    def __init__(self):
+        super().__init__()
+        self.seen = []
+
+    def forward(self, x):
+        self.seen.append(float32_settings())
+        return x * 2
+
+
+def test_fp32_runs_ieee_float32_and_gives_the_process_its_settings_back(tf32_allowed):
+    assert tf32_allowed == ("high", True)
+    module = Recorder()
+    x = torch.ones(2, 3)
+    runtime.TorchRunner(module, torch.device("cpu"), runtime.Choice("torch", "fp32"))(x)
+    runtime.TorchRunner(module, torch.device("cpu"), runtime.Choice("torch", "fp32", "channels_last"))(x)
+    assert module.seen == [("highest", False)] * 2 and float32_settings() == ("high", True)
+    # bf16 autocast is its own precision: the process's settings are left as they are
+    runtime.TorchRunner(module, torch.device("cpu"), runtime.Choice("torch", "bf16"))(x)
+    assert module.seen[-1] == ("high", True)
+
+
+def test_overlapping_fp32_blocks_restore_the_settings_once_the_last_ends(tf32_allowed):
+    first, second = runtime.exact_fp32(), runtime.exact_fp32()
+    first.__enter__()
+    second.__enter__()  # e.g. another thread's fp32 call
+    first.__exit__(None, None, None)  # not in order: threads end as they end
+    assert float32_settings() == ("highest", False)
+    second.__exit__(None, None, None)
+    assert float32_settings() == ("high", True)
+
+
+@pytest.mark.skipif(not hasattr(torch.backends.cudnn, "conv"), reason="PyTorch < 2.9 has no per-op float32 settings")
+def test_fp32_also_overrides_per_op_settings_and_restores_them_exactly():
+    ops = runtime._fp32_leaves()
+    before = [op.fp32_precision for op in ops]
+    try:
+        # set per op (PyTorch's newer API): cuDNN's convolutions in TF32, oneDNN's in bf16
+        torch.backends.cudnn.conv.fp32_precision = "tf32"
+        torch.backends.cudnn.rnn.fp32_precision = "ieee"
+        torch.backends.mkldnn.conv.fp32_precision = "bf16"
+        chosen = [op.fp32_precision for op in ops]
+        with runtime.exact_fp32():
+            assert {op.fp32_precision for op in ops} == {"ieee"}
+            assert torch.get_float32_matmul_precision() == "highest"
+        assert [op.fp32_precision for op in ops] == chosen
+    finally:
+        for op, value in zip(ops, before):
+            op.fp32_precision = value
+
+
 # ----- exported graphs match PyTorch fp32 ---------------------------------------------------------
 @pytest.mark.parametrize("backend", GRAPH)
 def test_graph_backends_match_torch_per_forward_and_over_a_sampler(backend):
