@@ -283,6 +283,23 @@ def test_fp32_also_overrides_per_op_settings_and_restores_them_exactly():
             op.fp32_precision = value
 
 
+def test_the_ddpm_likelihood_bound_runs_ieee_float32_and_says_what_ran_it(tf32_allowed, monkeypatch):
+    model = tiny_ddpm()
+    seen = []
+    real = runtime.TorchRunner.__call__
+
+    def call(self, *inputs):
+        seen.append((self.choice, float32_settings()))
+        return real(self, *inputs)
+
+    monkeypatch.setattr(runtime.TorchRunner, "__call__", call)
+    x = torch.randint(0, 256, (3, 1, 8, 8), generator=torch.Generator().manual_seed(1), dtype=torch.uint8)
+    out = model.bits_per_dim(x, seed=0, exact_terms=2, strata=1)
+    assert {c for c, _ in seen} == {runtime.Choice("torch", "fp32", "channels_last")}
+    assert out["runtime"] == {"device": "cpu", "backend": "torch", "precision": "fp32", "mode": "channels_last"}
+    assert float32_settings() == ("high", True)
+
+
 # ----- exported graphs match PyTorch fp32 ---------------------------------------------------------
 @pytest.mark.parametrize("backend", GRAPH)
 def test_graph_backends_match_torch_per_forward_and_over_a_sampler(backend):

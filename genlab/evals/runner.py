@@ -880,12 +880,15 @@ def _shard_job(run: _Run, model, entry: ModelEntry, seed: int, index: int, count
 
 def _work_share(config_data: dict, out: str, folder: str, *, rank: int, alive) -> None:
     """A worker process's part of an eval: the same plan, the jobs nobody else has taken."""
+    from genlab.runtime import exact_fp32
+
     from .parallel import WorkFolder, work
 
     config = EvalConfig(**config_data)
     entries, models, failed = _select(config)
     run = _Run(config, Path(out))
-    work(_plan(run, entries, models, failed), WorkFolder(Path(folder)), rank=rank, alive=alive)
+    with exact_fp32():  # as in the main process (see run_eval)
+        work(_plan(run, entries, models, failed), WorkFolder(Path(folder)), rank=rank, alive=alive)
 
 
 def _on_disk(run: _Run, entries: list, models: dict, failed: dict) -> tuple[int, list]:
@@ -934,6 +937,26 @@ def run_eval(config: EvalConfig, out_dir: str | Path | None = None, *, workers: 
     cores); under a launcher (torchrun, accelerate launch) its processes share them instead, and
     only the main process writes the report (the others return None).
     """
+    from genlab.runtime import exact_fp32
+
+    entries, models, failed = _select(config)
+    from genlab.datasets import load_dataset
+
+    load_dataset(config.dataset, "train", seed=config.split_seed)  # a bad dataset stops the run before its folder is made
+    out = Path(out_dir) if out_dir else default_run_dir(config)
+    try:
+        (out / "images").mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise GenlabError(f"cannot create report folder {out}: {exc.strerror}") from None
+    # published numbers are float32 (EVAL_RUNTIME): no TF32 in any network the eval runs, the plugins'
+    # own (a VAE's likelihood bound, its reconstructions) and the feature extractors' included
+    with exact_fp32():
+        return _run_in(config, out, entries, models, failed, workers)
+
+
+def _run_in(config: EvalConfig, out: Path, entries: list, models: dict, failed: dict, workers: int) -> Path | None:
+    """``run_eval`` once its folder exists: every process its share of the jobs, then the main process
+    writes the report."""
     import torch
     from tqdm.auto import tqdm
 
@@ -943,17 +966,7 @@ def run_eval(config: EvalConfig, out_dir: str | Path | None = None, *, workers: 
 
     from .parallel import WorkFolder, Workers, usable_cores, wait_for, work
 
-    entries, models, failed = _select(config)
-    from genlab.datasets import load_dataset
-
-    load_dataset(config.dataset, "train", seed=config.split_seed)  # a bad dataset stops the run before its folder is made
     name = config.name or run_name(config)
-    out = Path(out_dir) if out_dir else default_run_dir(config)
-    try:
-        (out / "images").mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise GenlabError(f"cannot create report folder {out}: {exc.strerror}") from None
-
     run = _Run(config, out)
     jobs = _plan(run, entries, models, failed)
     main = process_rank() == 0
