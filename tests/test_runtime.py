@@ -442,6 +442,79 @@ def test_bf16_is_chosen_only_when_it_clearly_pays(monkeypatch):
     assert runtime.probe(options, clear, (x,), {"k": "clear"})[0] == runtime.Choice("openvino", "bf16")
 
 
+def test_the_probe_refuses_a_backend_that_is_right_only_for_zero_inputs(monkeypatch):
+    """A graph that drops a term proportional to its input matches PyTorch exactly on all-zero inputs
+    (the probe's old batch); on the seeded noise the probe feeds now, it is refused."""
+    model = tiny_ddpm()
+    real = runtime.make_runner
+
+    def make_runner(choice, module, example, input_names, name, device):
+        right = real(runtime.Choice("torch", "fp32"), module, example, input_names, name, device)
+        if choice.backend == "torch":
+            return right
+        return lambda x, t: right(x, t) + 1e-2 * x  # exact where x == 0
+
+    fed = []
+    real_probe = runtime.probe
+
+    def probe(options, build, example, key, **kwargs):
+        fed.append(example)
+        return real_probe(options, build, example, key, **kwargs)
+
+    monkeypatch.setattr(runtime, "make_runner", make_runner)
+    monkeypatch.setattr(runtime, "probe", probe)
+    monkeypatch.setattr(runtime, "candidates", lambda *args: [runtime.Choice("torch"), runtime.Choice("onnxruntime")])
+    run = model.runner("auto", "fp32")
+    assert run.choice == runtime.Choice("torch")
+    assert run.record["refused"]["onnxruntime fp32"].startswith("output differs from torch fp32 by")
+    # what it was fed: seeded noise of unit scale and timesteps across the schedule, the same every time
+    x, t = fed[0]
+    assert x.shape == (runtime.PROBE_BATCH, 1, 8, 8) and 0.8 < float(x.std()) < 1.2 and len(set(t.tolist())) > 10
+    model.__dict__.pop("_genlab_runners")
+    runtime._probe_file().unlink()  # probe again, from scratch
+    model.runner("auto", "fp32")
+    assert all(torch.equal(a, b) for a, b in zip(fed[0], fed[1]))
+    # the all-zero batch could not tell the wrong graph from the right one
+    zeros = (torch.zeros(8, 1, 8, 8), torch.full((8,), 25))
+    build = lambda choice: make_runner(choice, model._denoiser[1], zeros, ["sample", "timestep"], "z", model.device)  # noqa: E731
+    _, record = real_probe([runtime.Choice("torch"), runtime.Choice("onnxruntime")], build, zeros, {"k": "zeros"})
+    assert record["refused"] == {}
+
+
+def test_the_probe_tolerates_float32_rounding_not_more_and_judges_bf16_by_its_own_rule(monkeypatch):
+    clock = FakeClock()
+    monkeypatch.setattr(runtime.time, "perf_counter", clock)
+    x = torch.randn(64, 3, 4, 4, generator=torch.Generator().manual_seed(0))
+    noise = torch.randn(x.shape, generator=torch.Generator().manual_seed(1))
+    off = {"torch fp32": 0.0, "onnxruntime fp32": 1e-6, "openvino fp32": 1e-3, "openvino bf16": 0.02}
+
+    def build(choice):  # each candidate off by its share of the output's RMS (2 here), elementwise noise
+        return lambda x: x * 2 + off[choice.label] * 2 * noise
+
+    options = [runtime.Choice("torch"), runtime.Choice("onnxruntime"), runtime.Choice("openvino"),
+               runtime.Choice("openvino", "bf16")]
+    _, record = runtime.probe(options, build, (x,), {"k": "tolerance"})
+    # fp32: another kernel order's rounding passes, a 1e-3 error does not (largest error / RMS > 1e-4);
+    # bf16: 2% in relative L2 distance is within its rule (0.1), which fp32 would have refused
+    assert set(record["seconds"]) == {"torch fp32", "onnxruntime fp32", "openvino bf16"}
+    assert set(record["refused"]) == {"openvino fp32"}
+
+
+def test_the_ldm_probe_inputs_are_real_conditioning_of_the_exports_shapes():
+    for conditioning in ("crossattn", "class", "none"):
+        net = tiny_ldm(conditioning).network
+        example = net.denoiser_example(6)
+        inputs = net.denoiser_probe_inputs(6, torch.Generator().manual_seed(0))
+        assert [(a.shape, a.dtype) for a in inputs] == [(a.shape, a.dtype) for a in example]
+        assert float(inputs[0].std()) > 0.5 and len(set(inputs[1].tolist())) > 1
+        if conditioning == "crossattn":  # encoded prompts, half of them guidance's unconditional ""
+            assert float(inputs[2].abs().max()) > 0 and not torch.equal(inputs[3][0], inputs[3][1])
+        if conditioning == "class":
+            assert len(set(inputs[-1].tolist())) > 1
+        with torch.no_grad():
+            assert torch.isfinite(net.denoiser()(*inputs)).all()
+
+
 @pytest.mark.skipif(not all(HAVE.values()), reason="needs onnxruntime and openvino")
 def test_auto_probes_once_per_machine_and_weights(cache):
     model = tiny_ddpm()

@@ -107,9 +107,14 @@ class DDPM(Model):
             return (torch.zeros(batch, c.in_channels, c.sample_size, c.sample_size),
                     torch.full((batch,), c.num_train_timesteps // 2, dtype=torch.long))
 
+        def probe_inputs(batch, generator):
+            # what sampling feeds the network: x_t has unit variance at every t, and t spans the schedule
+            return (torch.randn(batch, c.in_channels, c.sample_size, c.sample_size, generator=generator),
+                    torch.randint(0, c.num_train_timesteps, (batch,), generator=generator))
+
         return runtime.network_runner(self, f"ddpm-{c.sample_size}", self._denoiser[1], example, ["sample", "timestep"],
                                       device=self.device, backend=backend, precision=precision,
-                                      bf16_harmless=self.bf16_harmless, mode=mode)
+                                      bf16_harmless=self.bf16_harmless, mode=mode, probe_inputs=probe_inputs)
 
     def _times(self, t, count: int):
         import torch
