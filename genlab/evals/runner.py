@@ -928,6 +928,9 @@ def _torch_threads(threads: int | None):
         torch.set_num_threads(previous)
 
 
+EVAL_LOCK = "eval.lock"  # in the run folder: the PID of the eval writing it
+
+
 def run_eval(config: EvalConfig, out_dir: str | Path | None = None, *, workers: int = 1) -> Path | None:
     """Run ``config``; returns the path of the written report.md.
 
@@ -935,8 +938,10 @@ def run_eval(config: EvalConfig, out_dir: str | Path | None = None, *, workers: 
     same command after a crash or Ctrl-C picks up where the run stopped. ``workers`` processes
     share the jobs (this one and ``workers - 1`` spawned ones, each with its share of the CPU
     cores); under a launcher (torchrun, accelerate launch) its processes share them instead, and
-    only the main process writes the report (the others return None).
+    only the main process writes the report (the others return None). One eval at a time writes a
+    folder: a second one on the same folder stops at once, naming the PID of the first.
     """
+    from genlab.atomic import FolderLock
     from genlab.runtime import exact_fp32
 
     entries, models, failed = _select(config)
@@ -948,15 +953,23 @@ def run_eval(config: EvalConfig, out_dir: str | Path | None = None, *, workers: 
         (out / "images").mkdir(parents=True, exist_ok=True)
     except OSError as exc:
         raise GenlabError(f"cannot create report folder {out}: {exc.strerror}") from None
+    # two evals in one folder would remove each other's claims (a launch's start clears .work) and
+    # overwrite each other's report; the main process holds the lock for the launch (_run_in)
+    lock = FolderLock(out / EVAL_LOCK, lambda holder: (
+        f"{out} is being written by another genlab eval (PID {holder}); wait for it or choose another --out"))
     # published numbers are float32 (EVAL_RUNTIME): no TF32 in any network the eval runs, the plugins'
     # own (a VAE's likelihood bound, its reconstructions) and the feature extractors' included
     with exact_fp32():
-        return _run_in(config, out, entries, models, failed, workers)
+        try:
+            return _run_in(config, out, entries, models, failed, workers, lock)
+        finally:
+            lock.release()
 
 
-def _run_in(config: EvalConfig, out: Path, entries: list, models: dict, failed: dict, workers: int) -> Path | None:
-    """``run_eval`` once its folder exists: every process its share of the jobs, then the main process
-    writes the report."""
+def _run_in(config: EvalConfig, out: Path, entries: list, models: dict, failed: dict, workers: int,
+            lock) -> Path | None:
+    """``run_eval`` once its folder exists: the main process takes ``lock``, every process its share
+    of the jobs, then the main process writes the report."""
     import torch
     from tqdm.auto import tqdm
 
@@ -966,17 +979,30 @@ def _run_in(config: EvalConfig, out: Path, entries: list, models: dict, failed: 
 
     from .parallel import WorkFolder, Workers, usable_cores, wait_for, work
 
+    main = process_rank() == 0
+    refused = None
+    if main:
+        try:
+            lock.acquire()
+        except GenlabError as exc:  # raised once the other processes know (below)
+            refused = exc
     name = config.name or run_name(config)
     run = _Run(config, out)
     jobs = _plan(run, entries, models, failed)
-    main = process_rank() == 0
     if launched_processes() > 1:  # the launcher's processes share the jobs; main creates their work folder
         from genlab.distributed import broadcast_bytes, process_state
 
         state = process_state()
-        made = str(WorkFolder.create(out).path).encode() if main else None
-        folder, workers, threads = WorkFolder(Path(broadcast_bytes(made, state.device).decode())), 1, None
+        made = (b"" if refused else str(WorkFolder.create(out).path).encode()) if main else None
+        path = broadcast_bytes(made, state.device).decode()  # "": main could not take the folder
+        if refused:
+            raise refused
+        if not path:  # the main process says why
+            return None
+        folder, workers, threads = WorkFolder(Path(path)), 1, None
     else:
+        if refused:
+            raise refused
         folder = WorkFolder.create(out)
         threads = max(1, usable_cores() // workers) if workers > 1 else None
     results_before, pending = _on_disk(run, entries, models, failed) if main else (0, [])
