@@ -16,7 +16,6 @@ lock keeps a second process off a run that is being trained.
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import signal
 import subprocess

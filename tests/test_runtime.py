@@ -476,7 +476,10 @@ def test_the_probe_refuses_a_backend_that_is_right_only_for_zero_inputs(monkeypa
     assert all(torch.equal(a, b) for a, b in zip(fed[0], fed[1]))
     # the all-zero batch could not tell the wrong graph from the right one
     zeros = (torch.zeros(8, 1, 8, 8), torch.full((8,), 25))
-    build = lambda choice: make_runner(choice, model._denoiser[1], zeros, ["sample", "timestep"], "z", model.device)  # noqa: E731
+
+    def build(choice):
+        return make_runner(choice, model._denoiser[1], zeros, ["sample", "timestep"], "zeros", model.device)
+
     _, record = real_probe([runtime.Choice("torch"), runtime.Choice("onnxruntime")], build, zeros, {"k": "zeros"})
     assert record["refused"] == {}
 
