@@ -3,7 +3,8 @@
 A file is written beside its target and renamed into place (``os.replace`` is atomic on one
 filesystem); a folder is written as ``NAME.tmp`` and renamed to ``NAME`` once its last file (its
 *marker*) is written. Readers therefore never see a ``.tmp`` folder as a result, and
-``complete_dirs`` lists only folders whose marker is present.
+``complete_dirs`` lists only folders whose marker is present. A folder one process is writing (a run
+being trained, an eval's report folder) is locked against a second one (``FolderLock``).
 """
 
 from __future__ import annotations
@@ -122,6 +123,53 @@ def signals_deferred(message: str = "saving; it stops as soon as the save is com
     finally:
         for s, handler in previous.items():
             signal.signal(s, handler)
+
+
+class FolderLock:
+    """An exclusive lock on a folder while one process writes it: the lock file holds that process's
+    PID under an OS lock (flock), which the kernel releases when the process dies, however it dies, so
+    a lock file left by a killed process (a dead PID) is simply taken over. ``busy(pid)`` is the
+    one-sentence error for a folder another live process holds. Where the filesystem has no locks,
+    the work goes on unlocked. A context manager, or ``acquire()`` and ``release()``."""
+
+    def __init__(self, path: Path, busy):
+        self.path, self.busy = Path(path), busy
+        self.fd = None
+
+    def acquire(self) -> None:
+        from .errors import GenlabError
+
+        try:
+            import fcntl
+        except ImportError:  # not POSIX: no lock
+            return
+        try:
+            fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        except OSError as exc:
+            raise GenlabError(f"cannot write {self.path}: {exc.strerror}") from None
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.read(fd, 64).decode(errors="replace").strip() or "unknown"
+            os.close(fd)
+            raise GenlabError(self.busy(holder)) from None
+        except OSError:  # no locks on this filesystem (some network mounts)
+            pass
+        os.ftruncate(fd, 0)
+        os.write(fd, f"{os.getpid()}\n".encode())
+        self.fd = fd
+
+    def release(self) -> None:
+        if self.fd is not None:
+            os.close(self.fd)  # closing drops the flock; the file stays (removing it would race a newcomer)
+            self.fd = None
+
+    def __enter__(self) -> "FolderLock":
+        self.acquire()
+        return self
+
+    def __exit__(self, *exc_info) -> None:
+        self.release()
 
 
 def check_writable_dir(folder: Path, option: str) -> Path:

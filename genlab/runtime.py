@@ -11,9 +11,12 @@
   OpenVINO). ``auto`` is fp32, or bf16 where the model declares it harmless to sample quality
   (measured by FID; see each model's ``bf16_harmless``) and the probe finds it clearly faster.
 
+fp32 is IEEE float32 on every device: PyTorch's TF32 (on by default for cuDNN's convolutions) and
+oneDNN's reduced-precision float32 are switched off while an fp32 network runs (``exact_fp32``).
 Samples from a runtime backend in fp32 match PyTorch's within float rounding (the probe refuses a
-backend whose output differs from PyTorch's on its probe batch); bf16 changes sample trajectories
-pixel-wise, which is why it is only ever chosen for models whose FID it leaves unchanged.
+backend whose output differs from PyTorch's on its probe batch: seeded noise of the scale sampling
+feeds the network); bf16 changes sample trajectories pixel-wise, which is why it is only ever chosen
+for models whose FID it leaves unchanged.
 
 Exported graphs are ONNX files (protobuf, never pickle) cached under ``GENLAB_CACHE/graphs`` and keyed
 by the weights' fingerprint; OpenVINO's compiled blobs go to ``GENLAB_CACHE/openvino``.
@@ -23,6 +26,7 @@ This module imports no torch at import time, so listing plugins stays fast.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import importlib.util
 import json
@@ -52,11 +56,17 @@ Precision = Literal["auto", "fp32", "bf16"]
 
 # bump when the exported graphs or the probe's choices would differ for the same weights
 EXPORT_VERSION = 1
-PROBE_VERSION = 1
+PROBE_VERSION = 2  # 2: candidates compared on seeded noise, not zeros, relative to the output's RMS
 PROBE_BATCH = 64  # what sampling batches mostly are (the app's largest count, the benchmarks')
+PROBE_SEED = 0  # the probe's inputs are the same on every machine and every run
 GRAPH_CHUNK = 64  # OpenVINO compiles one static shape per power-of-two batch up to this, then chunks
 BF16_MARGIN = 1.1  # bf16 is chosen only when it is at least this much faster than the best fp32
-FP32_TOLERANCE = 1e-3  # largest |difference| from PyTorch fp32, relative to the output's scale
+# An fp32 candidate's largest |difference| from PyTorch fp32 on the probe's noise, relative to the
+# output's RMS. Another kernel order rounds float32 differently: ONNX Runtime, OpenVINO and channels-last
+# measured 2e-6 to 8e-6 on the bundled DDPM and LDM UNets, so 1e-4 leaves a 10x margin, while a wrong
+# graph is off by orders of magnitude more. The RMS, not the largest output, sets the scale: a few
+# large outputs would otherwise hide errors in all the others.
+FP32_TOLERANCE = 1e-4
 BF16_TOLERANCE = 0.1  # relative L2 distance from PyTorch fp32 that a bf16 candidate may show
 
 
@@ -155,6 +165,77 @@ def rand(shape, generator=None, *, device=None, dtype=None):
     import torch
 
     return torch.rand(shape, generator=generator, dtype=dtype).to(device if device is not None else "cpu")
+
+
+# ----- float32 that is float32 -------------------------------------------------------------------
+# PyTorch may run float32 matmuls and convolutions in TF32 on NVIDIA GPUs (cuDNN's convolutions do by
+# default: a 10-bit mantissa, ~1e-3 relative per op) and in bf16 or TF32 through oneDNN on CPUs when a
+# process asks for it. precision=fp32 promises float32, so fp32 runs switch those off. Scoped, not set
+# once for the process: genlab is also a library, and a notebook's own TF32 training keeps its speed.
+# Counted, so that overlapping fp32 calls from several threads restore the settings once, at the end.
+_EXACT_LOCK = threading.Lock()
+_exact_users = 0
+_exact_saved: tuple = ()
+
+
+def _fp32_leaves() -> list:
+    """PyTorch's per-op float32 settings (``fp32_precision``, PyTorch >= 2.9; none before)."""
+    import torch
+
+    b = torch.backends
+    ops = (b.cuda.matmul, getattr(b.cudnn, "conv", None), getattr(b.cudnn, "rnn", None),
+           getattr(b.mkldnn, "matmul", None), getattr(b.mkldnn, "conv", None), getattr(b.mkldnn, "rnn", None))
+    return [op for op in ops if op is not None and hasattr(op, "fp32_precision")]
+
+
+def _set_exact() -> tuple:
+    """Switch reduced-precision float32 off; returns what restores the previous settings exactly."""
+    import torch
+
+    cudnn = torch.backends.cudnn
+    leaves = _fp32_leaves()
+    try:
+        cudnn_tf32 = cudnn.allow_tf32
+    except RuntimeError:  # the process set cuDNN's ops apart (per-op API): their per-op values say it all
+        cudnn_tf32 = None
+    saved = (torch.get_float32_matmul_precision(), cudnn_tf32, [(leaf, leaf.fp32_precision) for leaf in leaves])
+    # the older switches through their setters, which keep the per-op values in step (a matmul's per-op
+    # value set alone would contradict the older switch, which PyTorch then refuses to read), then each op
+    torch.set_float32_matmul_precision("highest")  # no TF32 in cuBLAS, no bf16/TF32 oneDNN matmuls
+    if cudnn_tf32 is not None:
+        cudnn.allow_tf32 = False
+    for leaf in leaves:
+        leaf.fp32_precision = "ieee"
+    return saved
+
+
+def _restore(saved: tuple) -> None:
+    import torch
+
+    matmul, cudnn_tf32, leaves = saved
+    torch.set_float32_matmul_precision(matmul)
+    if cudnn_tf32 is not None:
+        torch.backends.cudnn.allow_tf32 = cudnn_tf32
+    for leaf, value in leaves:
+        leaf.fp32_precision = value
+
+
+@contextlib.contextmanager
+def exact_fp32():
+    """IEEE float32 matmuls and convolutions (no TF32, no reduced-precision oneDNN) while the block
+    runs, on every device; the process's own settings come back when the last such block ends."""
+    global _exact_users, _exact_saved
+    with _EXACT_LOCK:
+        if _exact_users == 0:
+            _exact_saved = _set_exact()
+        _exact_users += 1
+    try:
+        yield
+    finally:
+        with _EXACT_LOCK:
+            _exact_users -= 1
+            if _exact_users == 0:
+                _restore(_exact_saved)
 
 
 # ----- backends and precisions -------------------------------------------------------------------
@@ -302,7 +383,8 @@ def _buckets(batch: int, largest: int = GRAPH_CHUNK) -> list[tuple[int, int]]:
 
 
 class TorchRunner:
-    """Plain PyTorch: the module on its device, inference mode, bf16 autocast when asked for."""
+    """Plain PyTorch: the module on its device, inference mode, bf16 autocast when asked for, and fp32
+    as IEEE float32 (``exact_fp32``)."""
 
     def __init__(self, module, device, choice: Choice):
         import torch
@@ -311,19 +393,17 @@ class TorchRunner:
         self.memory_format = torch.channels_last if choice.mode == "channels_last" else torch.contiguous_format
 
     def __call__(self, *inputs):
-        import contextlib
-
         import torch
 
         inputs = [x.to(self.device) for x in inputs]
         if self.choice.mode == "channels_last":
             inputs = [x.contiguous(memory_format=torch.channels_last) if x.dim() == 4 else x for x in inputs]
-        autocast = (torch.autocast(self.device.type, dtype=torch.bfloat16) if self.choice.precision == "bf16"
-                    else contextlib.nullcontext())
+        bf16 = self.choice.precision == "bf16"
+        autocast = torch.autocast(self.device.type, dtype=torch.bfloat16) if bf16 else contextlib.nullcontext()
         if getattr(self.module, "_genlab_memory_format", torch.contiguous_format) != self.memory_format:
             self.module.to(memory_format=self.memory_format)  # the weights follow the activations' format
             self.module._genlab_memory_format = self.memory_format
-        with torch.inference_mode(), autocast:
+        with torch.inference_mode(), autocast, contextlib.nullcontext() if bf16 else exact_fp32():
             out = self.module(*inputs)
         return out.float().contiguous()
 
@@ -498,7 +578,9 @@ def _read_probes() -> dict:
 def probe(options: list[Choice], build: Callable[[Choice], Callable], example: tuple, key: dict,
           *, rounds: int = 3) -> tuple[Choice, dict]:
     """The fastest of ``options`` on ``example`` inputs (medians over ``rounds`` interleaved calls, after
-    one warm-up call each), among those whose output matches PyTorch fp32; cached by ``key``.
+    one warm-up call each), among those whose output matches PyTorch fp32 on them; cached by ``key``.
+    ``example`` should be what sampling feeds the network (``network_runner`` makes seeded noise of
+    that scale): on all-zero inputs a graph that is wrong for any other input can match exactly.
 
     Returns the choice and the record behind it: seconds per call of every option, and why any was
     refused."""
@@ -512,7 +594,7 @@ def probe(options: list[Choice], build: Callable[[Choice], Callable], example: t
     import torch
 
     reference = build(Choice("torch", "fp32"))(*example)
-    scale = float(reference.abs().max()) or 1.0
+    scale = float(reference.double().pow(2).mean().sqrt()) or 1.0  # the output's RMS (see FP32_TOLERANCE)
     runners, refused = {}, {}
     for choice in options:
         try:
@@ -520,6 +602,9 @@ def probe(options: list[Choice], build: Callable[[Choice], Callable], example: t
             out = runner(*example)
         except Exception as exc:  # a runtime that cannot run this graph is not a candidate
             refused[choice.label] = f"failed: {type(exc).__name__}: {str(exc)[:200]}"
+            continue
+        if out.shape != reference.shape:
+            refused[choice.label] = f"output of shape {tuple(out.shape)}, not {tuple(reference.shape)}"
             continue
         if choice.precision == "fp32":
             error = float((out - reference).abs().max()) / scale
@@ -585,12 +670,24 @@ class NetworkRunner:
         return self._run(*inputs)
 
 
+def _noise_like(inputs: tuple, generator) -> tuple:
+    """The probe's inputs for a network that gives none of its own: the example's floating-point tensors
+    as standard normal noise, its integer ones (timesteps, masks, labels) as they are."""
+    import torch
+
+    return tuple(torch.randn(x.shape, generator=generator, dtype=x.dtype) if x.is_floating_point() else x
+                 for x in inputs)
+
+
 def network_runner(owner, name: str, module, example: Callable[[int], tuple], input_names: list[str], *,
                    device, backend: str = "auto", precision: str = "auto", bf16_harmless: bool = False,
-                   mode: str | None = None) -> NetworkRunner:
+                   mode: str | None = None, probe_inputs: Callable | None = None) -> NetworkRunner:
     """How ``owner`` (a model) runs ``module``: ``module`` takes the tensors named ``input_names`` (batch
-    first) and returns one tensor; ``example(batch)`` makes inputs of that batch size for the export
-    and the probe. Runners are kept on ``owner``, one per choice and thread count.
+    first) and returns one tensor; ``example(batch)`` makes inputs of that batch size for the export.
+    ``probe_inputs(batch, generator)`` makes the probe's: seeded inputs like those sampling feeds the
+    network (noise of its scale, timesteps across the schedule, real conditioning); without it the
+    probe uses the example with its floating-point tensors replaced by standard normal noise.
+    Runners are kept on ``owner``, one per choice and thread count.
 
     ``mode`` pins one exact way to run, with no probe: backend ``torch``, precision ``fp32`` or ``bf16``
     and that memory format ("" or "channels_last"), for a computation whose float32 rounding must not
@@ -619,7 +716,10 @@ def network_runner(owner, name: str, module, example: Callable[[int], tuple], in
         if memo not in cache:  # the probe (or its cached result on disk), once per process
             probe_key = {"network": fingerprint(module), "name": name, "options": [c.label for c in options],
                          "machine": machine_key(device)}
-            cache[memo] = probe(options, build, example(PROBE_BATCH), probe_key)
+            generator = torch.Generator().manual_seed(PROBE_SEED)
+            inputs = (probe_inputs(PROBE_BATCH, generator) if probe_inputs is not None
+                      else _noise_like(example(PROBE_BATCH), generator))
+            cache[memo] = probe(options, build, inputs, probe_key)
     choice, record = cache[memo]
     return NetworkRunner(build(choice), choice, record)
 
@@ -632,6 +732,6 @@ def describe_choice(runner: NetworkRunner, device) -> dict:
 
 __all__ = [
     "BACKENDS", "Backend", "Choice", "DEVICES", "NetworkRunner", "PRECISIONS", "Precision", "RUNTIME_OPTIONS",
-    "backend_field", "candidates", "check_runtime", "cpu_model", "device_name", "export_graph", "fingerprint",
-    "network_runner", "precision_field", "rand", "randn", "resolve_device",
+    "backend_field", "candidates", "check_runtime", "cpu_model", "device_name", "exact_fp32", "export_graph",
+    "fingerprint", "network_runner", "precision_field", "rand", "randn", "resolve_device",
 ]

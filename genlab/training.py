@@ -16,7 +16,6 @@ lock keeps a second process off a run that is being trained.
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import signal
 import subprocess
@@ -29,7 +28,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from .atomic import atomic_dir, complete_dirs, recover_dir, remove_leftovers, signals_deferred
+from .atomic import FolderLock, atomic_dir, complete_dirs, recover_dir, remove_leftovers, signals_deferred
 from .errors import GenlabError, describe
 from .models import MAX_SEED, settings_problem
 
@@ -204,45 +203,14 @@ def latest_checkpoint(run_dir: Path) -> Path | None:
     return None
 
 
-class RunLock:
-    """An exclusive lock on a run folder while one process trains it (``train.lock`` holds its PID).
-
-    flock is released by the kernel when the process dies, however it dies, so a lock file left by a
-    killed run never blocks the next one. Where the filesystem has no locks, training goes on unlocked.
-    """
+class RunLock(FolderLock):
+    """An exclusive lock on a run folder while one process trains it (``train.lock`` holds its PID); a
+    lock file left by a killed run never blocks the next one (see ``FolderLock``)."""
 
     def __init__(self, run_dir: Path):
-        self.path = run_dir / LOCK_FILE
-        self.fd = None
-
-    def acquire(self) -> None:
-        try:
-            import fcntl
-        except ImportError:  # not POSIX: no lock
-            return
-        try:
-            fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
-        except OSError as exc:
-            raise GenlabError(f"cannot write {self.path}: {exc.strerror}") from None
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            holder = os.read(fd, 64).decode(errors="replace").strip() or "unknown"
-            os.close(fd)
-            raise GenlabError(
-                f"run {self.path.parent} is being trained by PID {holder}: wait for it to finish, or stop it "
-                "(Ctrl-C saves) and run this command again"
-            ) from None
-        except OSError:  # no locks on this filesystem (some network mounts)
-            pass
-        os.ftruncate(fd, 0)
-        os.write(fd, f"{os.getpid()}\n".encode())
-        self.fd = fd
-
-    def release(self) -> None:
-        if self.fd is not None:
-            os.close(self.fd)  # closing drops the flock
-            self.fd = None
+        super().__init__(run_dir / LOCK_FILE, lambda holder: (
+            f"run {run_dir} is being trained by PID {holder}: wait for it to finish, or stop it "
+            "(Ctrl-C saves) and run this command again"))
 
 
 def _prepare_run_folder(run_dir: Path, config: TrainConfig) -> None:

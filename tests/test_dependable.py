@@ -193,6 +193,39 @@ def test_a_run_being_trained_by_another_process_is_refused_until_it_ends(tmp_pat
     assert "finished at step 2/2" in out
 
 
+def test_a_second_eval_on_the_same_folder_stops_at_once_and_a_dead_evals_lock_is_taken_over(
+        fake_entry_points, capsys, tmp_path):
+    import fcntl
+
+    fake_entry_points({"example": "genlab_example"})
+    out_dir = tmp_path / "run"
+    out_dir.mkdir()
+    lock = out_dir / "eval.lock"
+    args = ("eval", "--models", "uniform-noise", "--dataset", "digits", "-n", "20", "--out", str(out_dir))
+    # a live eval holds the folder: an OS lock on the file (another open file: flock excludes it as it
+    # would another process), its PID inside (this test's parent, alive)
+    holder = os.open(lock, os.O_RDWR | os.O_CREAT)
+    try:
+        fcntl.flock(holder, fcntl.LOCK_EX)
+        os.write(holder, f"{os.getppid()}\n".encode())
+        code, out, err = run(capsys, *args)
+    finally:
+        os.close(holder)
+    assert code == 1
+    assert err.strip().splitlines() == [
+        f"Error: {out_dir} is being written by another genlab eval (PID {os.getppid()}); wait for it or choose "
+        "another --out"]
+    assert sorted(p.name for p in out_dir.iterdir()) == ["eval.lock", "images"]  # nothing written
+    # an eval that died left its lock file with its PID: the OS lock died with it, and the next eval runs
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    lock.write_text(dead.stdout)
+    code, out, err = run(capsys, *args)
+    assert code == 0, err
+    assert f"report: {out_dir / 'report.md'}" in out and lock.read_text().strip() == str(os.getpid())
+    # the lock is released with the eval: the same command runs again (and reads its results back)
+    assert run(capsys, *args)[0] == 0
+
+
 def test_train_classifier_never_replaces_the_bundled_weights_unless_asked(capsys, monkeypatch, tmp_path):
     import genlab.features as features
 

@@ -5,6 +5,7 @@ Each launch is a real `python -m torch.distributed.run --standalone` (a free ren
 own) of the real CLI, with a timeout that kills the whole launch if it hangs.
 """
 
+import fcntl
 import json
 import os
 import signal
@@ -182,6 +183,22 @@ def test_two_launched_processes_share_an_eval_and_report_what_one_process_report
         lines += ["[[models]]", *[f"{k} = {json.dumps(v) if not isinstance(v, dict) else inline(v)}"
                                   for k, v in model.items()]]
     suite.write_text("\n".join(lines) + "\n")
+    # another eval writing the folder: the main process refuses in one sentence, the other one leaves
+    # quietly (no hang waiting for a work folder that will not come)
+    (tmp_path / "two").mkdir()
+    holder = os.open(tmp_path / "two" / "eval.lock", os.O_RDWR | os.O_CREAT)
+    try:
+        fcntl.flock(holder, fcntl.LOCK_EX)
+        os.write(holder, f"{os.getpid()}\n".encode())
+        refused = launch(["eval", str(suite), "--out", str(tmp_path / "two")], cwd=tmp_path)
+    finally:
+        os.close(holder)
+    assert refused.returncode != 0
+    sentence = (f"Error: {tmp_path / 'two'} is being written by another genlab eval (PID {os.getpid()}); wait for "
+                "it or choose another --out")
+    errors = [line for line in refused.output.splitlines() if line.startswith("Error: ")]  # genlab's, not torchrun's
+    assert errors == [sentence], refused.output[-3000:]
+    assert sorted(p.name for p in (tmp_path / "two").iterdir()) == ["eval.lock", "images"]
     done = launch(["eval", str(suite), "--out", str(tmp_path / "two")], cwd=tmp_path)
     assert done.returncode == 1, done.output[-3000:]  # one row failed, as it does in one process
     assert done.output.count("report: ") == 1 and "1 model(s) failed" in done.output

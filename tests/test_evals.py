@@ -110,6 +110,48 @@ def test_diffusion_rows_report_quality_against_nfe(tmp_path, tiny_ddpm_dir, fake
     assert {k: rows["dpm-3"]["options"][k] for k in ("backend", "precision")} == {"backend": "torch", "precision": "fp32"}
     assert "t=1..5 exact, t=6..100 from 5 strata" in rows["ddim-5"]["likelihood"]["method"]
     assert rows["ddim-5"]["likelihood"]["bpd"] > 0 and rows["ddim-5"]["fid"] > 0
+    # the bound's network ran as the published rows' did: plain PyTorch fp32 on the model's device
+    ran = rows["ddim-5"]["likelihood"]["runtime"]
+    assert ran == {"device": "cpu", "backend": "torch", "precision": "fp32", "mode": "channels_last"}
+    pinned = ("backend", "precision")
+    assert {k: ran[k] for k in pinned} == {k: rows["ddim-5"]["options"][k] for k in pinned}
+
+
+def test_published_numbers_are_ieee_float32_whatever_the_process_allows(tmp_path, tiny_vae_dir, fake_entry_points,
+                                                                       monkeypatch):
+    """On a GPU PyTorch may run float32 convolutions and matmuls in TF32 (cuDNN does by default): the
+    eval switches that off for every network it runs, a plugin's own (the VAE's bound) included, and
+    gives the process its settings back."""
+    import functools
+
+    import genlab_vae
+    import torch
+
+    fake_entry_points({"vae": "genlab_vae"})
+    seen = []
+    real = genlab_vae.VAE.bits_per_dim
+
+    @functools.wraps(real)
+    def bits_per_dim(self, *args, **kwargs):
+        seen.append((torch.get_float32_matmul_precision(), torch.backends.cudnn.allow_tf32))
+        return real(self, *args, **kwargs)
+
+    monkeypatch.setattr(genlab_vae.VAE, "bits_per_dim", bits_per_dim)
+    before = torch.get_float32_matmul_precision(), torch.backends.cudnn.allow_tf32
+    torch.set_float32_matmul_precision("high")  # a process that allows TF32
+    torch.backends.cudnn.allow_tf32 = True
+    try:
+        config = EvalConfig(dataset="digits", num_samples=20, batch_size=20, likelihood_images=10,
+                            interpolation_pairs=0, models=[{"id": "vae", "weights": str(tiny_vae_dir),
+                                                            "likelihood": {"k": 2}}])
+        run_eval(config, out_dir=tmp_path / "run")
+        assert (torch.get_float32_matmul_precision(), torch.backends.cudnn.allow_tf32) == ("high", True)
+    finally:
+        torch.set_float32_matmul_precision(before[0])
+        torch.backends.cudnn.allow_tf32 = before[1]
+    assert seen == [("highest", False)]
+    (row,) = json.loads((tmp_path / "run" / "metrics.json").read_text())["models"]
+    assert row["likelihood"]["runtime"] == {"device": "cpu", "backend": "torch", "precision": "fp32"}
 
 
 def test_compute_curves_are_drawn_by_the_runtime_the_rows_are(tmp_path, fake_entry_points, monkeypatch):

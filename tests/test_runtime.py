@@ -213,6 +213,93 @@ def test_the_likelihood_bound_runs_pytorch_fp32_channels_last_whatever_the_backe
         model.runner("onnxruntime", "fp32", mode="channels_last")
 
 
+# ----- fp32 is IEEE float32 ----------------------------------------------------------------------
+def float32_settings():
+    """What decides whether float32 matmuls and convolutions may run in TF32 (or bf16 in oneDNN)."""
+    return torch.get_float32_matmul_precision(), torch.backends.cudnn.allow_tf32
+
+
+@pytest.fixture
+def tf32_allowed():
+    """A process that let PyTorch use TF32 (as a notebook training on a GPU would); restored after."""
+    before = float32_settings()
+    torch.set_float32_matmul_precision("high")
+    torch.backends.cudnn.allow_tf32 = True
+    yield float32_settings()
+    torch.set_float32_matmul_precision(before[0])
+    torch.backends.cudnn.allow_tf32 = before[1]
+
+
+class Recorder(torch.nn.Module):
+    """Records the float32 settings in force while it runs (on a GPU they pick TF32 or float32 kernels)."""
+
+    def __init__(self):
+        super().__init__()
+        self.seen = []
+
+    def forward(self, x):
+        self.seen.append(float32_settings())
+        return x * 2
+
+
+def test_fp32_runs_ieee_float32_and_gives_the_process_its_settings_back(tf32_allowed):
+    assert tf32_allowed == ("high", True)
+    module = Recorder()
+    x = torch.ones(2, 3)
+    runtime.TorchRunner(module, torch.device("cpu"), runtime.Choice("torch", "fp32"))(x)
+    runtime.TorchRunner(module, torch.device("cpu"), runtime.Choice("torch", "fp32", "channels_last"))(x)
+    assert module.seen == [("highest", False)] * 2 and float32_settings() == ("high", True)
+    # bf16 autocast is its own precision: the process's settings are left as they are
+    runtime.TorchRunner(module, torch.device("cpu"), runtime.Choice("torch", "bf16"))(x)
+    assert module.seen[-1] == ("high", True)
+
+
+def test_overlapping_fp32_blocks_restore_the_settings_once_the_last_ends(tf32_allowed):
+    first, second = runtime.exact_fp32(), runtime.exact_fp32()
+    first.__enter__()
+    second.__enter__()  # e.g. another thread's fp32 call
+    first.__exit__(None, None, None)  # not in order: threads end as they end
+    assert float32_settings() == ("highest", False)
+    second.__exit__(None, None, None)
+    assert float32_settings() == ("high", True)
+
+
+@pytest.mark.skipif(not hasattr(torch.backends.cudnn, "conv"), reason="PyTorch < 2.9 has no per-op float32 settings")
+def test_fp32_also_overrides_per_op_settings_and_restores_them_exactly():
+    ops = runtime._fp32_leaves()
+    before = [op.fp32_precision for op in ops]
+    try:
+        # set per op (PyTorch's newer API): cuDNN's convolutions in TF32, oneDNN's in bf16
+        torch.backends.cudnn.conv.fp32_precision = "tf32"
+        torch.backends.cudnn.rnn.fp32_precision = "ieee"
+        torch.backends.mkldnn.conv.fp32_precision = "bf16"
+        chosen = [op.fp32_precision for op in ops]
+        with runtime.exact_fp32():
+            assert {op.fp32_precision for op in ops} == {"ieee"}
+            assert torch.get_float32_matmul_precision() == "highest"
+        assert [op.fp32_precision for op in ops] == chosen
+    finally:
+        for op, value in zip(ops, before):
+            op.fp32_precision = value
+
+
+def test_the_ddpm_likelihood_bound_runs_ieee_float32_and_says_what_ran_it(tf32_allowed, monkeypatch):
+    model = tiny_ddpm()
+    seen = []
+    real = runtime.TorchRunner.__call__
+
+    def call(self, *inputs):
+        seen.append((self.choice, float32_settings()))
+        return real(self, *inputs)
+
+    monkeypatch.setattr(runtime.TorchRunner, "__call__", call)
+    x = torch.randint(0, 256, (3, 1, 8, 8), generator=torch.Generator().manual_seed(1), dtype=torch.uint8)
+    out = model.bits_per_dim(x, seed=0, exact_terms=2, strata=1)
+    assert {c for c, _ in seen} == {runtime.Choice("torch", "fp32", "channels_last")}
+    assert out["runtime"] == {"device": "cpu", "backend": "torch", "precision": "fp32", "mode": "channels_last"}
+    assert float32_settings() == ("high", True)
+
+
 # ----- exported graphs match PyTorch fp32 ---------------------------------------------------------
 @pytest.mark.parametrize("backend", GRAPH)
 def test_graph_backends_match_torch_per_forward_and_over_a_sampler(backend):
@@ -353,6 +440,82 @@ def test_bf16_is_chosen_only_when_it_clearly_pays(monkeypatch):
     assert runtime.probe(options, slight, (x,), {"k": "slight"})[0] == runtime.Choice("torch")
     clear = fake_build(clock, {"torch fp32": 1.0, "openvino bf16": 0.5})
     assert runtime.probe(options, clear, (x,), {"k": "clear"})[0] == runtime.Choice("openvino", "bf16")
+
+
+def test_the_probe_refuses_a_backend_that_is_right_only_for_zero_inputs(monkeypatch):
+    """A graph that drops a term proportional to its input matches PyTorch exactly on all-zero inputs
+    (the probe's old batch); on the seeded noise the probe feeds now, it is refused."""
+    model = tiny_ddpm()
+    real = runtime.make_runner
+
+    def make_runner(choice, module, example, input_names, name, device):
+        right = real(runtime.Choice("torch", "fp32"), module, example, input_names, name, device)
+        if choice.backend == "torch":
+            return right
+        return lambda x, t: right(x, t) + 1e-2 * x  # exact where x == 0
+
+    fed = []
+    real_probe = runtime.probe
+
+    def probe(options, build, example, key, **kwargs):
+        fed.append(example)
+        return real_probe(options, build, example, key, **kwargs)
+
+    monkeypatch.setattr(runtime, "make_runner", make_runner)
+    monkeypatch.setattr(runtime, "probe", probe)
+    monkeypatch.setattr(runtime, "candidates", lambda *args: [runtime.Choice("torch"), runtime.Choice("onnxruntime")])
+    run = model.runner("auto", "fp32")
+    assert run.choice == runtime.Choice("torch")
+    assert run.record["refused"]["onnxruntime fp32"].startswith("output differs from torch fp32 by")
+    # what it was fed: seeded noise of unit scale and timesteps across the schedule, the same every time
+    x, t = fed[0]
+    assert x.shape == (runtime.PROBE_BATCH, 1, 8, 8) and 0.8 < float(x.std()) < 1.2 and len(set(t.tolist())) > 10
+    model.__dict__.pop("_genlab_runners")
+    runtime._probe_file().unlink()  # probe again, from scratch
+    model.runner("auto", "fp32")
+    assert all(torch.equal(a, b) for a, b in zip(fed[0], fed[1]))
+    # the all-zero batch could not tell the wrong graph from the right one
+    zeros = (torch.zeros(8, 1, 8, 8), torch.full((8,), 25))
+
+    def build(choice):
+        return make_runner(choice, model._denoiser[1], zeros, ["sample", "timestep"], "zeros", model.device)
+
+    _, record = real_probe([runtime.Choice("torch"), runtime.Choice("onnxruntime")], build, zeros, {"k": "zeros"})
+    assert record["refused"] == {}
+
+
+def test_the_probe_tolerates_float32_rounding_not_more_and_judges_bf16_by_its_own_rule(monkeypatch):
+    clock = FakeClock()
+    monkeypatch.setattr(runtime.time, "perf_counter", clock)
+    x = torch.randn(64, 3, 4, 4, generator=torch.Generator().manual_seed(0))
+    noise = torch.randn(x.shape, generator=torch.Generator().manual_seed(1))
+    off = {"torch fp32": 0.0, "onnxruntime fp32": 1e-6, "openvino fp32": 1e-3, "openvino bf16": 0.02}
+
+    def build(choice):  # each candidate off by its share of the output's RMS (2 here), elementwise noise
+        return lambda x: x * 2 + off[choice.label] * 2 * noise
+
+    options = [runtime.Choice("torch"), runtime.Choice("onnxruntime"), runtime.Choice("openvino"),
+               runtime.Choice("openvino", "bf16")]
+    _, record = runtime.probe(options, build, (x,), {"k": "tolerance"})
+    # fp32: another kernel order's rounding passes, a 1e-3 error does not (largest error / RMS > 1e-4);
+    # bf16: 2% in relative L2 distance is within its rule (0.1), which fp32 would have refused
+    assert set(record["seconds"]) == {"torch fp32", "onnxruntime fp32", "openvino bf16"}
+    assert set(record["refused"]) == {"openvino fp32"}
+
+
+def test_the_ldm_probe_inputs_are_real_conditioning_of_the_exports_shapes():
+    for conditioning in ("crossattn", "class", "none"):
+        net = tiny_ldm(conditioning).network
+        example = net.denoiser_example(6)
+        inputs = net.denoiser_probe_inputs(6, torch.Generator().manual_seed(0))
+        assert [(a.shape, a.dtype) for a in inputs] == [(a.shape, a.dtype) for a in example]
+        assert float(inputs[0].std()) > 0.5 and len(set(inputs[1].tolist())) > 1
+        if conditioning == "crossattn":  # encoded prompts, half of them guidance's unconditional ""
+            assert float(inputs[2].abs().max()) > 0 and not torch.equal(inputs[3][0], inputs[3][1])
+        if conditioning == "class":
+            assert len(set(inputs[-1].tolist())) > 1
+        with torch.no_grad():
+            assert torch.isfinite(net.denoiser()(*inputs)).all()
 
 
 @pytest.mark.skipif(not all(HAVE.values()), reason="needs onnxruntime and openvino")

@@ -882,12 +882,15 @@ def _shard_job(run: _Run, model, entry: ModelEntry, seed: int, index: int, count
 
 def _work_share(config_data: dict, out: str, folder: str, *, rank: int, alive) -> None:
     """A worker process's part of an eval: the same plan, the jobs nobody else has taken."""
+    from genlab.runtime import exact_fp32
+
     from .parallel import WorkFolder, work
 
     config = EvalConfig(**config_data)
     entries, models, failed = _select(config)
     run = _Run(config, Path(out))
-    work(_plan(run, entries, models, failed), WorkFolder(Path(folder)), rank=rank, alive=alive)
+    with exact_fp32():  # as in the main process (see run_eval)
+        work(_plan(run, entries, models, failed), WorkFolder(Path(folder)), rank=rank, alive=alive)
 
 
 def _on_disk(run: _Run, entries: list, models: dict, failed: dict) -> tuple[int, list]:
@@ -927,6 +930,9 @@ def _torch_threads(threads: int | None):
         torch.set_num_threads(previous)
 
 
+EVAL_LOCK = "eval.lock"  # in the run folder: the PID of the eval writing it
+
+
 def run_eval(config: EvalConfig, out_dir: str | Path | None = None, *, workers: int = 1) -> Path | None:
     """Run ``config``; returns the path of the written report.md.
 
@@ -934,8 +940,38 @@ def run_eval(config: EvalConfig, out_dir: str | Path | None = None, *, workers: 
     same command after a crash or Ctrl-C picks up where the run stopped. ``workers`` processes
     share the jobs (this one and ``workers - 1`` spawned ones, each with its share of the CPU
     cores); under a launcher (torchrun, accelerate launch) its processes share them instead, and
-    only the main process writes the report (the others return None).
+    only the main process writes the report (the others return None). One eval at a time writes a
+    folder: a second one on the same folder stops at once, naming the PID of the first.
     """
+    from genlab.atomic import FolderLock
+    from genlab.runtime import exact_fp32
+
+    entries, models, failed = _select(config)
+    from genlab.datasets import load_dataset
+
+    load_dataset(config.dataset, "train", seed=config.split_seed)  # a bad dataset stops the run before its folder is made
+    out = Path(out_dir) if out_dir else default_run_dir(config)
+    try:
+        (out / "images").mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise GenlabError(f"cannot create report folder {out}: {exc.strerror}") from None
+    # two evals in one folder would remove each other's claims (a launch's start clears .work) and
+    # overwrite each other's report; the main process holds the lock for the launch (_run_in)
+    lock = FolderLock(out / EVAL_LOCK, lambda holder: (
+        f"{out} is being written by another genlab eval (PID {holder}); wait for it or choose another --out"))
+    # published numbers are float32 (EVAL_RUNTIME): no TF32 in any network the eval runs, the plugins'
+    # own (a VAE's likelihood bound, its reconstructions) and the feature extractors' included
+    with exact_fp32():
+        try:
+            return _run_in(config, out, entries, models, failed, workers, lock)
+        finally:
+            lock.release()
+
+
+def _run_in(config: EvalConfig, out: Path, entries: list, models: dict, failed: dict, workers: int,
+            lock) -> Path | None:
+    """``run_eval`` once its folder exists: the main process takes ``lock``, every process its share
+    of the jobs, then the main process writes the report."""
     import torch
     from tqdm.auto import tqdm
 
@@ -945,27 +981,30 @@ def run_eval(config: EvalConfig, out_dir: str | Path | None = None, *, workers: 
 
     from .parallel import WorkFolder, Workers, usable_cores, wait_for, work
 
-    entries, models, failed = _select(config)
-    from genlab.datasets import load_dataset
-
-    load_dataset(config.dataset, "train", seed=config.split_seed)  # a bad dataset stops the run before its folder is made
+    main = process_rank() == 0
+    refused = None
+    if main:
+        try:
+            lock.acquire()
+        except GenlabError as exc:  # raised once the other processes know (below)
+            refused = exc
     name = config.name or run_name(config)
-    out = Path(out_dir) if out_dir else default_run_dir(config)
-    try:
-        (out / "images").mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise GenlabError(f"cannot create report folder {out}: {exc.strerror}") from None
-
     run = _Run(config, out)
     jobs = _plan(run, entries, models, failed)
-    main = process_rank() == 0
     if launched_processes() > 1:  # the launcher's processes share the jobs; main creates their work folder
         from genlab.distributed import broadcast_bytes, process_state
 
         state = process_state()
-        made = str(WorkFolder.create(out).path).encode() if main else None
-        folder, workers, threads = WorkFolder(Path(broadcast_bytes(made, state.device).decode())), 1, None
+        made = (b"" if refused else str(WorkFolder.create(out).path).encode()) if main else None
+        path = broadcast_bytes(made, state.device).decode()  # "": main could not take the folder
+        if refused:
+            raise refused
+        if not path:  # the main process says why
+            return None
+        folder, workers, threads = WorkFolder(Path(path)), 1, None
     else:
+        if refused:
+            raise refused
         folder = WorkFolder.create(out)
         threads = max(1, usable_cores() // workers) if workers > 1 else None
     results_before, pending = _on_disk(run, entries, models, failed) if main else (0, [])

@@ -33,6 +33,10 @@ SAMPLERS = ("ddpm", "ddim", "dpm-solver++")
 # linear-epsilon model: 53%, 77%, 90%; 0.0008 and 0.03)
 EXACT_TERMS = 50
 STRATA = 50
+# what runs the network in the likelihood bound, whatever the sampler's backend (see DDPM.runner): the
+# eval's pinned PyTorch fp32 (IEEE float32 on every device), in the channels-last memory of its
+# published numbers
+BOUND_RUNTIME = runtime.Choice("torch", "fp32", "channels_last")
 
 
 
@@ -103,9 +107,14 @@ class DDPM(Model):
             return (torch.zeros(batch, c.in_channels, c.sample_size, c.sample_size),
                     torch.full((batch,), c.num_train_timesteps // 2, dtype=torch.long))
 
+        def probe_inputs(batch, generator):
+            # what sampling feeds the network: x_t has unit variance at every t, and t spans the schedule
+            return (torch.randn(batch, c.in_channels, c.sample_size, c.sample_size, generator=generator),
+                    torch.randint(0, c.num_train_timesteps, (batch,), generator=generator))
+
         return runtime.network_runner(self, f"ddpm-{c.sample_size}", self._denoiser[1], example, ["sample", "timestep"],
                                       device=self.device, backend=backend, precision=precision,
-                                      bf16_harmless=self.bf16_harmless, mode=mode)
+                                      bf16_harmless=self.bf16_harmless, mode=mode, probe_inputs=probe_inputs)
 
     def _times(self, t, count: int):
         import torch
@@ -395,6 +404,8 @@ class DDPM(Model):
             "convention": "discrete",
             "images": n, "evaluations_per_image": exact_terms + strata,
             "exact_terms": exact_terms, "strata": strata,
+            "runtime": {"device": str(self.device), "backend": BOUND_RUNTIME.backend,
+                        "precision": BOUND_RUNTIME.precision, "mode": BOUND_RUNTIME.mode},
         }
 
     def term_profile(self, images_uint8, *, seed: int = 0, batch_size: int = 100):
@@ -436,7 +447,7 @@ class DDPM(Model):
         import torch
 
         net = self.network
-        run = self.runner("torch", "fp32", mode="channels_last")  # see runner(): the bound's exact rounding
+        run = self.runner(BOUND_RUNTIME.backend, BOUND_RUNTIME.precision, mode=BOUND_RUNTIME.mode)
         betas, ab = self._likelihood_schedule()  # index i = paper's t = i + 1
         ab_prev = torch.cat([torch.ones(1, dtype=ab.dtype), ab[:-1]])
         out = torch.empty(len(t_index), dtype=torch.float64)

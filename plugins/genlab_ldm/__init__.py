@@ -201,7 +201,8 @@ class LDM(Model):
         net = self.network
         return runtime.network_runner(self, f"ldm-{net.config.latent_size}", net.denoiser(), net.denoiser_example,
                                       net.denoiser_input_names(), device=self.device, backend=backend,
-                                      precision=precision, bf16_harmless=self.bf16_harmless)
+                                      precision=precision, bf16_harmless=self.bf16_harmless,
+                                      probe_inputs=net.denoiser_probe_inputs)
 
     def _reverse_unlocked(self, count, seed, opts, attention):
         import torch

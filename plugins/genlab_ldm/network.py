@@ -269,6 +269,19 @@ class LatentDiffusion(ModelMixin, ConfigMixin):
                 + ((torch.ones(batch, tokens, dtype=torch.long),) if "mask" in names else ())
                 + ((torch.zeros(batch, dtype=torch.long),) if "class_labels" in names else ()))
 
+    def denoiser_probe_inputs(self, batch: int, generator) -> tuple:
+        """Inputs of ``denoiser()`` as sampling makes them, seeded by ``generator``: latents of unit
+        variance, t across the schedule, and the conditioning of real prompts, every other one the
+        unconditional "" of guidance (what the runtime's probe compares backends on)."""
+        c = self.config
+        digits = torch.randint(0, 10, (batch,), generator=generator).tolist()
+        z = torch.randn(batch, c.latent_channels, c.latent_size, c.latent_size, generator=generator)
+        t = torch.randint(0, c.num_train_timesteps, (batch,), generator=generator)
+        with torch.no_grad():
+            cond = self.condition([f"a {d}" if i % 2 == 0 else "" for i, d in enumerate(digits)])
+            device = self.unet.device
+            return tuple(x.cpu() for x in self.denoiser_inputs(z.to(device), t.to(device), cond))
+
     def forward(self, images, prompts: list[str], generator=None):
         """The training loss for images in [0, 1] and their captions (dropped to "" at random for CFG)."""
         with torch.no_grad():

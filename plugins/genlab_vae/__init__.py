@@ -13,7 +13,7 @@ from typing import Literal
 from pydantic import Field
 
 import genlab
-from genlab import Capability, Model, Samples, unwrap
+from genlab import Capability, Model, Samples, runtime, unwrap
 from genlab.errors import GenlabError
 from genlab.interpolation import interpolate_latents
 
@@ -146,7 +146,7 @@ class VAE(Model):
             raise GenlabError(f"k must be at least 1, got {k}")
         generator = torch.Generator().manual_seed(seed)
         iwae, elbo = [], []
-        with torch.inference_mode():
+        with torch.inference_mode(), runtime.exact_fp32():  # a published bound: float32, not TF32, on a GPU
             for batch in images_uint8.split(batch_size):
                 y = (to_unit(batch) if net.discrete else dequantize(batch, generator)).to(self.device)
                 iwae.append(net.iwae_bound(y, k, generator, density=True).cpu())
@@ -169,7 +169,8 @@ class VAE(Model):
             convention = f"dequantized pixels (x + u) / 256, {kind} decoder"
         return {"bpd": float(bpd.mean()), "bpd_stderr": float(bpd.std() / math.sqrt(len(bpd))) if len(bpd) > 1 else 0.0,
                 "method": f"IWAE bound, k={k}; {convention}", "convention": "discrete" if net.discrete else "dequantized",
-                "elbo_bpd": float(per_image(elbo).mean()), "k": k, "images": len(images_uint8)}
+                "elbo_bpd": float(per_image(elbo).mean()), "k": k, "images": len(images_uint8),
+                "runtime": {"device": str(self.device), "backend": "torch", "precision": "fp32"}}
 
     def latent_diagnostics(self, images, threshold: float = 0.01) -> dict:
         """Per-dimension KL (nats, averaged over images) and active units.
