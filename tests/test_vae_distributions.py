@@ -104,6 +104,27 @@ def test_discretized_logistic_mixture_is_a_distribution_over_the_256_values(comp
     torch.testing.assert_close(probs.sum(2), torch.ones(3, 1, 2, 2, dtype=torch.float64), atol=1e-12, rtol=0)
 
 
+@pytest.mark.parametrize("dtype, tolerance", [(torch.float64, 1e-12), (torch.float32, 1e-6)])
+def test_the_256_probabilities_at_once_are_the_log_probs_of_each_value(dtype, tolerance):
+    components = 3
+    params = mixture_params(components, batch=40, seed=3).to(dtype)  # 40 > one chunk of 32
+    probs = D.logistic_mixture_probs(params, components)
+    each = torch.stack([D.logistic_mixture_log_prob(torch.full((40, 1, 2, 2), v), params.double(), components).exp()
+                        for v in range(256)], dim=2)
+    assert probs.dtype == dtype
+    torch.testing.assert_close(probs.double(), each, atol=tolerance, rtol=0)
+
+
+def test_the_mixtures_mean_and_draws_from_its_edges_are_those_of_its_256_probabilities():
+    components = 3
+    params = mixture_params(components, batch=40, seed=4)
+    probs = D.logistic_mixture_probs(params, components)
+    torch.testing.assert_close(D.logistic_mixture_mean(params, components), D.expected_level(probs), atol=1e-12, rtol=0)
+    draws = D.logistic_mixture_sample(params, components, torch.Generator().manual_seed(5))
+    assert torch.equal(draws, D.sample_levels(probs, torch.Generator().manual_seed(5)))  # the same uniforms
+    assert draws.shape == (40, 1, 2, 2) and len(draws.unique()) > 10
+
+
 def test_discretized_logistic_mixture_log_prob_matches_scipy():
     components = 3
     params = mixture_params(components, batch=4, seed=1)

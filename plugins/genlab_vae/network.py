@@ -107,6 +107,8 @@ class VAENetwork(ModelMixin, ConfigMixin):
         kind = self.config.likelihood
         if kind == "continuous-bernoulli":
             return D.cb_mean(out)
+        if kind == "discretized-logistic":
+            return D.logistic_mixture_mean(out, self.config.components)
         if kind in DISCRETE:
             return D.expected_level(self._value_probs(out))
         return torch.sigmoid(out)
@@ -117,6 +119,8 @@ class VAENetwork(ModelMixin, ConfigMixin):
         if kind == "gaussian":
             noise = randn(out.shape, generator, device=out.device)
             return (torch.sigmoid(out) + self.log_sigma.exp() * noise).clamp(0, 1)
+        if kind == "discretized-logistic":
+            return D.logistic_mixture_sample(out, self.config.components, generator)
         if kind in DISCRETE:
             return D.sample_levels(self._value_probs(out), generator)
         probs = rand(out.shape, generator, device=out.device)
