@@ -261,6 +261,11 @@ def test_an_interrupted_eval_resumes_without_redoing_shards_and_matches_an_unint
     batches.clear()
     run_eval(config, out_dir=tmp_path / "resumed")  # a finished run is read back, not redone
     assert batches == []
+    # a compute curve added to the suite redraws none of the rows already measured
+    grown = EvalConfig(**config.model_dump(exclude={"curves"}), curves=[{"id": "vae", "run": str(tmp_path / "nowhere")}])
+    run_eval(grown, out_dir=tmp_path / "resumed")
+    assert batches == []
+    assert json.loads((tmp_path / "resumed" / "metrics.json").read_text())["models"][0]["fid"] == whole["models"][0]["fid"]
 
 
 def test_training_snapshots_become_a_quality_against_compute_curve(tmp_path, fake_entry_points):

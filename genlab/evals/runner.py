@@ -311,7 +311,9 @@ class _Run:
         from genlab.datasets import load_dataset
 
         self.config, self.out = config, out
-        self.settings = config.model_dump(exclude={"name", "models"})  # what every cached result depends on
+        # what every cached result depends on: not the models (each row keys its own), nor the curves (each
+        # point keys its own), so adding either to a suite redraws nothing already measured
+        self.settings = config.model_dump(exclude={"name", "models", "curves"})
         self.owners: dict = {}  # weights -> the first row of the suite that uses them (names shared images)
         self.train = load_dataset(config.dataset, "train", seed=config.split_seed)
         self.heldout = load_dataset(config.dataset, "heldout", seed=config.split_seed)
