@@ -261,10 +261,13 @@ def test_an_interrupted_eval_resumes_without_redoing_shards_and_matches_an_unint
     batches.clear()
     run_eval(config, out_dir=tmp_path / "resumed")  # a finished run is read back, not redone
     assert batches == []
-    # a compute curve added to the suite redraws none of the rows already measured
+    # a compute curve added to the suite measures none of the rows again (sampled or not)
+    measured = []
+    real_bits = genlab_vae.VAE.bits_per_dim
+    monkeypatch.setattr(genlab_vae.VAE, "bits_per_dim", lambda *a, **k: measured.append(1) or real_bits(*a, **k))
     grown = EvalConfig(**config.model_dump(exclude={"curves"}), curves=[{"id": "vae", "run": str(tmp_path / "nowhere")}])
     run_eval(grown, out_dir=tmp_path / "resumed")
-    assert batches == []
+    assert batches == [] and measured == []
     assert json.loads((tmp_path / "resumed" / "metrics.json").read_text())["models"][0]["fid"] == whole["models"][0]["fid"]
 
 
