@@ -771,7 +771,7 @@ def compare_interpolations(models: list[str], index_a, index_b, steps, progress=
             out += [None, str(_as_gradio_error(exc, model_id).message)]
             continue
         strip = grid(torch.cat([pair[:1], path, pair[1:]]), nrow=len(path) + 2, scale=3)
-        how = "DDIM-inverted noises" if model.can(Capability.TRAJECTORY) else "its latent"
+        how = "noises found by inverting its sampler" if model.can(Capability.TRAJECTORY) else "its latent"
         out += [strip, f"**{model_id}**: slerp between {how}, {plural(len(path), 'point')}, {seconds:.2f} s"]
     return out
 
@@ -1232,7 +1232,8 @@ def _compare_tab(samplers: dict, interpolators: dict, rows: list[dict], warm: Wa
     if interpolators:
         first = next(iter(interpolators))
         gr.Markdown("### Interpolation, side by side\nEach family walks between the same two real digits its "
-                    "own way: the VAE in its 16-d latent, the DDPM between DDIM-inverted noises.")
+                    "own way: a VAE in its latent, a model with a sampler between the noises its sampler "
+                    "inverts the two digits to (DDIM inversion for the DDPM, the ODE run backwards for a flow).")
         pick_a, pick_b = (lambda: _first_of(first, 1, 0)), (lambda: _first_of(first, 7, 1))  # a 1 and a 7
         with gr.Row(equal_height=True):
             index_a = _digit_picker(first, "from", warm, pick_a, elem_id="compare-interp-a")

@@ -126,9 +126,9 @@ def test_every_tab_works_in_a_real_browser(app_url, browser, viewport):
         page.locator("#compare-points input[type=number]").fill("5")
         page.locator("#compare-points input[type=number]").press("Enter")
         page.locator("#compare-interp-button").click()
-        wait_text(page, "#tab-compare", "DDIM-inverted noises, 5 points")
+        wait_text(page, "#tab-compare", "inverting its sampler, 5 points")
     else:
-        wait_text(page, "#tab-compare", "DDIM-inverted noises, 8 points")
+        wait_text(page, "#tab-compare", "inverting its sampler, 8 points")
     assert page.locator("#compare-strip-m_ddpm img").count() == 1
     shot("compare")
 

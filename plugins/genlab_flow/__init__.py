@@ -30,15 +30,19 @@ This module imports no torch at import time, so listing plugins stays fast.
 from __future__ import annotations
 
 import time
+import weakref
 from pathlib import Path
 from typing import Literal
 
 from pydantic import Field
 
 import genlab
-from genlab import Capability, GenlabError, Model, Samples, unwrap
+from genlab import Capability, GenlabError, Model, Samples, runtime, unwrap
 
 WEIGHTS = Path(__file__).parent / "weights"
+# a reflow student's (noise, sample) pairs, by network: beside it, not on it, so the EMA copy and the
+# snapshots that deepcopy the network do not copy ~40 MB of pairs each time
+REFLOW_PAIRS: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
 SAMPLERS = ("euler", "heun")
 
 
@@ -158,31 +162,33 @@ class Flow(Model):
         return self._autoencoder
 
     def to_space(self, images, *, generator=None, draw: bool = False):
-        """Images in [0, 1] -> what the flow moves: pixels in [-1, 1], or latents times the scale factor
-        (the posterior mean, or with ``draw`` a draw from q(z|x) where the autoencoder gives one)."""
+        """Images in [0, 1] -> what the flow moves, on the model's device: pixels in [-1, 1], or latents
+        times the scale factor (the posterior mean, or with ``draw`` a draw from q(z|x) where the
+        autoencoder gives one; the autoencoder takes and gives CPU tensors, as every model does)."""
         import torch
 
         first_stage = self.first_stage()
         if first_stage is None:
-            return images.float() * 2 - 1
+            return images.float().to(self.device) * 2 - 1
         z = None
         if draw:
             try:
                 mean, logvar = first_stage.posterior(images.float())
                 if logvar is not None:
-                    z = mean + (0.5 * logvar).exp() * torch.randn(mean.shape, generator=generator)
+                    z = mean + (0.5 * logvar).exp() * runtime.randn(mean.shape, generator, device=mean.device)
             except NotImplementedError:
                 pass
         if z is None:
             z = first_stage.encode(images.float())
-        return z.clone() * self.network.config.scale_factor  # a copy outside inference mode: training backpropagates
+        # a copy outside inference mode: training backpropagates
+        return z.to(self.device).clone() * self.network.config.scale_factor
 
     def from_space(self, x):
-        """What the flow moves -> images in [0, 1]."""
+        """What the flow moves -> images in [0, 1], on the CPU."""
         first_stage = self.first_stage()
         if first_stage is None:
-            return ((x + 1) / 2).clamp(0, 1)
-        return first_stage.decode(x / self.network.config.scale_factor).clamp(0, 1)
+            return ((x + 1) / 2).clamp(0, 1).cpu()
+        return first_stage.decode(x.cpu() / self.network.config.scale_factor).clamp(0, 1)
 
     def latent_shape(self):
         c = self.network.config  # the noise the ODE starts from
@@ -218,7 +224,7 @@ class Flow(Model):
         s = t / self.forward_grid
         with torch.inference_mode():
             x0 = self.to_space(images)
-            eps = torch.randn(x0.shape, generator=torch.Generator().manual_seed(seed))
+            eps = runtime.randn(x0.shape, torch.Generator().manual_seed(seed), device=x0.device)
             return self.from_space((1 - s) * x0 + s * eps)
 
     # ----- training ------------------------------------------------------------------------------
@@ -226,7 +232,7 @@ class Flow(Model):
         import torch
 
         x0 = self.to_space(genlab.to_unit(batch["images"]), generator=generator, draw=True)
-        eps = torch.randn(x0.shape, generator=generator)
+        eps = runtime.randn(x0.shape, generator, device=x0.device)
         return self.flow_loss(network, x0, eps, generator)
 
     @staticmethod
@@ -254,7 +260,7 @@ class Flow(Model):
     def _velocity(self, x, t: float):
         import torch
 
-        return self.network.velocity(x, torch.full((len(x),), float(t)))
+        return self.network.velocity(x, torch.full((len(x),), float(t), device=x.device))
 
     def _step(self, x, t: float, s: float, sampler: str):
         """One step of the ODE from time t to s: (x_s, the velocity at (x, t))."""
@@ -274,7 +280,8 @@ class Flow(Model):
     def _noise(self, count: int, seed: int):
         import torch
 
-        return torch.randn((count, *self.latent_shape()), generator=torch.Generator().manual_seed(seed))
+        # drawn on the CPU, then moved: a seed gives the same noise on every device
+        return runtime.randn((count, *self.latent_shape()), torch.Generator().manual_seed(seed), device=self.device)
 
     def trajectory(self, count: int = 1, *, seed: int = 0, options=None, record_every: int = 1):
         """Solve the ODE from noise, yielding a dict per recorded step: ``{"step", "steps", "t", "x_t",
@@ -322,7 +329,7 @@ class Flow(Model):
                 x = x - (s - t) * self._velocity(x, s)
                 for _ in range(refine):
                     x = x + (target - self._step(x, t, s, sampler)[0])
-        return x
+        return x.cpu()
 
     def decode(self, latents, steps: int | None = None, sampler: str | None = None):
         """Noise (the flow's latent) to images in [0, 1] by the deterministic ODE."""
@@ -330,7 +337,7 @@ class Flow(Model):
 
         steps, sampler = self._inversion(steps, sampler)
         with torch.inference_mode():
-            return self.from_space(self.solve(latents.float(), steps, sampler))
+            return self.from_space(self.solve(latents.float().to(self.device), steps, sampler))
 
     def _inversion(self, steps, sampler):
         steps = self.inversion_steps if steps is None else steps
@@ -371,7 +378,7 @@ class Flow(Model):
         opts = self.parse_options(options)
         with torch.inference_mode():
             x0 = self.to_space(images)
-            eps = torch.randn(x0.shape, generator=torch.Generator().manual_seed(seed))
+            eps = runtime.randn(x0.shape, torch.Generator().manual_seed(seed), device=x0.device)
             x = (1 - strength) * x0 + strength * eps
             steps = max(1, round(opts.steps * strength))
             return self.from_space(self.solve(x, steps, opts.sampler, start=strength))
@@ -387,7 +394,7 @@ class Flow(Model):
                 noise = self._noise(min(batch_size, count - start), seed * 1_000_003 + i)
                 noises.append(noise)
                 ends.append(self.solve(noise, steps, sampler))
-        return torch.cat(noises), torch.cat(ends)
+        return torch.cat(noises).cpu(), torch.cat(ends).cpu()  # held for training: in CPU memory
 
 
 class FlowReflow(Flow):
@@ -419,8 +426,10 @@ class FlowReflow(Flow):
 
         if pair_sampler not in SAMPLERS:
             raise ValueError(f"unknown pair_sampler {pair_sampler!r}; valid: {', '.join(SAMPLERS)}")
-        if pairs < 1 or pair_steps < 1:
-            raise ValueError("pairs and pair_steps must be at least 1")
+        if pairs < 1:  # one setting per sentence: the trainer names the setting a message is about
+            raise ValueError(f"pairs must be at least 1, got {pairs}")
+        if pair_steps < 1:
+            raise ValueError(f"pair_steps must be at least 1, got {pair_steps}")
         teacher = Flow(weights=teacher_weights)
         started = time.process_time()
         noises, ends = teacher.pairs(pairs, seed=pair_seed, sampler=pair_sampler, steps=pair_steps)
@@ -434,13 +443,13 @@ class FlowReflow(Flow):
         })
         network = VelocityUNet(**config)
         network.load_state_dict(teacher.network.state_dict())
-        network.reflow_pairs = (noises, ends)
+        REFLOW_PAIRS[network] = (noises, ends)
         return network
 
     def training_loss(self, network, batch, generator=None):
         import torch
 
-        pairs = getattr(unwrap(network), "reflow_pairs", None)
+        pairs = REFLOW_PAIRS.get(unwrap(network))
         if pairs is None:
             raise GenlabError("this flow-reflow network holds no teacher pairs: train it from a config with "
                               "teacher_weights (weights loaded from a checkpoint are for sampling)")
