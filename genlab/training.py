@@ -30,7 +30,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from .atomic import FolderLock, atomic_dir, complete_dirs, recover_dir, remove_leftovers, signals_deferred
 from .errors import GenlabError, describe
-from .models import MAX_SEED, settings_problem
+from .models import MAX_SEED, settings_problem, unwrap
 
 KEEP_CHECKPOINTS = 2
 CHECKPOINT_MARKER = "trainer_state.json"  # written last: a checkpoint folder without it is incomplete
@@ -332,6 +332,37 @@ def _trim_log(log_path: Path, step: int) -> None:
 
 CHECKPOINT_FILES = ("network/diffusion_pytorch_model.safetensors", "ema/diffusion_pytorch_model.safetensors",
                     "optimizer.safetensors", "optimizer.json", CHECKPOINT_MARKER)
+NETWORK_CONFIG = "network/config.json"
+
+
+def _changed_setting(saved: dict, network) -> str | None:
+    """The first network setting a resumed run would build differently from its checkpoint's, as
+    "key (was A, now B)", or None. A network's config can hold what the plugin measured or made when
+    the run began (a latent scale, the digest of the weights it builds on): if those weights changed
+    since, resuming would carry on training on something else. Timings (keys ending in "seconds")
+    are how long something took, not what it made, and are not compared."""
+    config = getattr(unwrap(network), "config", None)
+    if not isinstance(saved, dict) or config is None:
+        return None
+    return _first_difference(saved, json.loads(json.dumps(dict(config), default=str)))
+
+
+def _first_difference(was: dict, now: dict, prefix: str = "") -> str | None:
+    import math
+
+    for key, old in was.items():
+        if key.startswith("_") or key.endswith("seconds") or key not in now:
+            continue
+        new = now[key]
+        if isinstance(old, dict) and isinstance(new, dict):
+            inner = _first_difference(old, new, f"{prefix}{key}.")
+            if inner:
+                return inner
+            continue
+        floats = isinstance(old, float) and isinstance(new, (int, float))
+        if not (math.isclose(old, new, rel_tol=1e-4) if floats else old == new):
+            return f"{prefix}{key} (was {json.dumps(old)[:80]}, now {json.dumps(new)[:80]})"
+    return None
 
 
 def _checkpoint_to_resume(run_dir: Path, accelerator) -> tuple[Path | None, dict]:
@@ -349,6 +380,8 @@ def _checkpoint_to_resume(run_dir: Path, accelerator) -> tuple[Path | None, dict
         if folder is not None:
             try:
                 files = {name: (folder / name).read_bytes() for name in CHECKPOINT_FILES}
+                if (folder / NETWORK_CONFIG).is_file():  # checked, not needed: a checkpoint without one resumes
+                    files[NETWORK_CONFIG] = (folder / NETWORK_CONFIG).read_bytes()
             except OSError as exc:
                 problem = (f"checkpoint {folder} cannot be resumed ({describe(exc, 120)}): delete that folder to "
                            "resume from the checkpoint before it, or pick a new --run-dir")
@@ -390,9 +423,11 @@ def _train_loop(config, run_dir, accelerator, model, network, data, version, *, 
     step, elapsed, cpu_seconds = 0, 0.0, 0.0
     parts = config.micro_batches or processes
     resume_from, files = _checkpoint_to_resume(run_dir, accelerator)
+    changed = None
     if resume_from is not None:
         try:
             state = json.loads(files[CHECKPOINT_MARKER])
+            changed = _changed_setting(json.loads(files[NETWORK_CONFIG]), network) if NETWORK_CONFIG in files else None
             network.load_state_dict(load(files["network/diffusion_pytorch_model.safetensors"]))
             ema_weights = load(files["ema/diffusion_pytorch_model.safetensors"])
             ema.shadow_params = [ema_weights[name].clone() for name, _ in network.named_parameters()]
@@ -408,6 +443,10 @@ def _train_loop(config, run_dir, accelerator, model, network, data, version, *, 
                 f"checkpoint {resume_from} cannot be resumed ({describe(exc, 120)}): delete that folder to resume "
                 "from the checkpoint before it, or pick a new --run-dir"
             ) from None
+    if changed:
+        raise GenlabError(f"run {run_dir} cannot resume: its network would now be built with another {changed}, "
+                          "so what it was built on (weights, data) changed since it started; restore that, or "
+                          "pick a new --run-dir")
     if parts < processes:
         raise GenlabError(f"run {run_dir} was started with {parts} micro-batch(es) per step and cannot be shared by "
                           f"{processes} processes: resume it with at most {parts} process(es)")

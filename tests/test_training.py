@@ -41,6 +41,34 @@ def test_resume_after_an_interrupt_matches_an_uninterrupted_run(tmp_path):
     assert log == pytest.approx(reference)
 
 
+def test_a_run_whose_network_would_now_be_built_differently_does_not_resume(tmp_path):
+    run = tmp_path / "run"
+    train(config(), run, progress=False, max_steps=3)
+    # as if what the network was measured from when the run began (a latent scale, a teacher's
+    # weights' digest) had changed since: the checkpoint's network config no longer matches
+    saved = latest_checkpoint(run) / "network" / "config.json"
+    settings = json.loads(saved.read_text())
+    settings["hidden"] = 99
+    saved.write_text(json.dumps(settings))
+    with pytest.raises(GenlabError, match=r"cannot resume: its network would now be built with another "
+                                          r"hidden \(was 99, now 16\)"):
+        train(config(), run, progress=False)
+    settings["hidden"] = 16  # the same settings resume
+    saved.write_text(json.dumps(settings))
+    assert json.loads((train(config(), run, progress=False) / "metadata.json").read_text())["complete"] is True
+
+
+def test_a_resume_compares_what_a_network_was_made_from_not_how_long_it_took():
+    from genlab.training import _first_difference
+
+    was = {"scale_factor": 0.81234, "reflow": {"teacher_digest": "ab", "cpu_seconds": 289.1}, "_diffusers_version": "1"}
+    assert _first_difference(was, {**was, "reflow": {"teacher_digest": "ab", "cpu_seconds": 301.7}}) is None
+    assert _first_difference(was, {**was, "scale_factor": 0.812345}) is None  # rounding, not a new scale
+    assert _first_difference(was, {**was, "reflow": {"teacher_digest": "cd", "cpu_seconds": 289.1}}) == \
+        'reflow.teacher_digest (was "ab", now "cd")'
+    assert _first_difference(was, {**was, "scale_factor": 0.9}) == "scale_factor (was 0.81234, now 0.9)"
+
+
 def test_final_weights_are_the_ema_and_load_as_a_model(tmp_path):
     final = train(config(ema_decay=0.5), tmp_path / "run", progress=False)
     raw = weights(latest_checkpoint(tmp_path / "run") / "network")
