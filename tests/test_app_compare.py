@@ -112,7 +112,7 @@ def test_interpolation_strips_side_by_side(served):
     for strip in (vae_strip, ddpm_strip):
         image = Image.open(strip)
         assert image.size[0] > 4 * image.size[1]  # 2 real digits + 4 points in a row
-    assert "vae" in vae_note and "DDIM-inverted" in ddpm_note
+    assert "vae" in vae_note and "inverting its sampler" in ddpm_note
 
 
 def test_warm_up_fills_every_tab_and_reports_ready(served):
