@@ -479,9 +479,8 @@ def _curve(run: _Run, entry: CurveEntry) -> dict:
     for weights, mark in points:
         def measure(weights=weights):
             model = cls(weights=weights)
-            # the curve's points are published numbers too: the same runtime as the rows (EVAL_RUNTIME)
-            fields = type(model).Options.model_fields
-            options = model.parse_options({**{k: v for k, v in EVAL_RUNTIME.items() if k in fields}, **entry.options})
+            # the curve's points are published numbers too: the same runtime as the rows
+            options = model.parse_options(_pinned(model, entry.options))
             images = torch.cat([to_uint8(model.sample(count, seed=seed * 100_003 + i, options=options).images)
                                 for i, count in enumerate(_batches(n, run.config.batch_size))])
             return {"fid": frechet_distance(extract_features(images, extractor)[feature], reference)}
@@ -793,7 +792,7 @@ def _select(config: EvalConfig) -> tuple[list, dict, dict]:
             if (entry.id, entry.weights) not in loaded:
                 loaded[entry.id, entry.weights] = get_model(entry.id, weights=entry.weights)
             models[entry.name] = loaded[entry.id, entry.weights]
-            _pin_runtime(models[entry.name], entry)
+            entry.options = _pinned(models[entry.name], entry.options)
             _check_entry(models[entry.name], entry, config, data_shape)
         except UnknownModelError:
             raise
@@ -811,11 +810,10 @@ def _select(config: EvalConfig) -> tuple[list, dict, dict]:
 EVAL_RUNTIME = {"backend": "torch", "precision": "fp32"}
 
 
-def _pin_runtime(model, entry: ModelEntry) -> None:
+def _pinned(model, options: dict) -> dict:
+    """``options`` with EVAL_RUNTIME's settings added where the model has them and the suite named none."""
     fields = type(model).Options.model_fields
-    pinned = {k: v for k, v in EVAL_RUNTIME.items() if k in fields and k not in entry.options}
-    if pinned:
-        entry.options = {**entry.options, **pinned}
+    return {**options, **{k: v for k, v in EVAL_RUNTIME.items() if k in fields and k not in options}}
 
 
 # ----- the jobs --------------------------------------------------------------------------------
