@@ -55,7 +55,7 @@ Backend = Literal["auto", "torch", "onnxruntime", "openvino"]
 Precision = Literal["auto", "fp32", "bf16"]
 
 # bump when the exported graphs or the probe's choices would differ for the same weights
-EXPORT_VERSION = 1
+EXPORT_VERSION = 2  # 2: fingerprints no longer change from process to process (see fingerprint)
 PROBE_VERSION = 2  # 2: candidates compared on seeded noise, not zeros, relative to the output's RMS
 PROBE_BATCH = 64  # what sampling batches mostly are (the app's largest count, the benchmarks')
 PROBE_SEED = 0  # the probe's inputs are the same on every machine and every run
@@ -323,7 +323,11 @@ def fingerprint(module) -> str:
     for sub in module.modules():  # the architecture (head counts, norm eps) is in configs, not weights
         config = getattr(sub, "config", None)
         if isinstance(config, dict):
-            h.update(f"{type(sub).__qualname__}:{json.dumps(dict(config), sort_keys=True, default=str)}".encode())
+            # not diffusers' bookkeeping ("_name_or_path", where it was loaded from; "_use_default_values",
+            # listed in set order, which changes from process to process with Python's string hashing):
+            # the same weights must give the same key in every process and from every folder
+            settings = {k: v for k, v in dict(config).items() if not str(k).startswith("_")}
+            h.update(f"{type(sub).__qualname__}:{json.dumps(settings, sort_keys=True, default=str)}".encode())
     for name, tensor in module.state_dict().items():
         h.update(f"{name}|{tuple(tensor.shape)}|{tensor.dtype}".encode())
         h.update(tensor.detach().cpu().contiguous().view(-1).view(torch.uint8).numpy().tobytes())
@@ -584,14 +588,56 @@ def probe(options: list[Choice], build: Callable[[Choice], Callable], example: t
 
     Returns the choice and the record behind it: seconds per call of every option, and why any was
     refused."""
-    from .atomic import write_text
-
-    digest = hashlib.sha256(json.dumps(key, sort_keys=True, default=str).encode()).hexdigest()[:20]
-    known = _read_probes().get(digest)
+    digest = _probe_digest(key)
     labels = {c.label: c for c in options}
-    if isinstance(known, dict) and known.get("choice") in labels:
-        return labels[known["choice"]], known
+
+    def known():
+        record = _read_probes().get(digest)
+        return (labels[record["choice"]], record) if isinstance(record, dict) and record.get("choice") in labels else None
+
+    if (found := known()) is not None:
+        return found
+    # one probe at a time on this machine: processes probing at once (an eval's workers) would time each
+    # other, and the second one reads the first one's result instead of probing the same network again
+    with _machine_lock():
+        if (found := known()) is not None:
+            return found
+        return _probe(options, build, example, key, digest, rounds)
+
+
+def _probe_digest(key: dict) -> str:
+    return hashlib.sha256(json.dumps(key, sort_keys=True, default=str).encode()).hexdigest()[:20]
+
+
+@contextlib.contextmanager
+def _machine_lock():
+    """An OS lock on a file in the genlab cache, held while this process probes (none where the OS or
+    the filesystem has no locks, or the cache is read-only); released when the process dies."""
+    try:
+        import fcntl
+    except ImportError:
+        yield
+        return
+    fd = None
+    try:
+        path = _probe_file().with_name("probe.lock")
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+        fcntl.flock(fd, fcntl.LOCK_EX)
+    except OSError:
+        pass
+    try:
+        yield
+    finally:
+        if fd is not None:
+            os.close(fd)
+
+
+def _probe(options: list[Choice], build: Callable[[Choice], Callable], example: tuple, key: dict, digest: str,
+           rounds: int) -> tuple[Choice, dict]:
     import torch
+
+    from .atomic import write_text
 
     reference = build(Choice("torch", "fp32"))(*example)
     scale = float(reference.double().pow(2).mean().sqrt()) or 1.0  # the output's RMS (see FP32_TOLERANCE)

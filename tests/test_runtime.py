@@ -3,6 +3,7 @@ the plain PyTorch path reproduces the samplers' own arithmetic exactly; exported
 and OpenVINO match PyTorch fp32 per forward and over a whole sampler; the probe and its caches."""
 
 import json
+import os
 
 import pytest
 import torch
@@ -378,6 +379,26 @@ def test_the_fingerprint_sees_weights_and_architecture():
     assert runtime.fingerprint(tiny_ddpm(attention_head_dim=4).network) != runtime.fingerprint(a)
 
 
+def test_the_fingerprint_is_the_same_in_every_process_and_folder(tmp_path):
+    """Graphs and probe results are found by the fingerprint: loaded weights must give the same one in
+    another process (diffusers lists a config's defaulted keys in set order, which follows the
+    process's string hashing) and from another folder (diffusers records where it loaded from)."""
+    import shutil
+    import subprocess
+    import sys
+
+    tiny_ddpm().network.save_pretrained(tmp_path / "a")
+    shutil.copytree(tmp_path / "a", tmp_path / "b")
+    script = ("import sys; from genlab import runtime; from genlab_ddpm.network import DenoisingUNet; "
+              "print(runtime.fingerprint(DenoisingUNet.from_pretrained(sys.argv[1])))")
+    seen = set()
+    for folder, hash_seed in (("a", "1"), ("a", "2"), ("b", "3")):
+        done = subprocess.run([sys.executable, "-c", script, str(tmp_path / folder)], capture_output=True, text=True,
+                              env={**os.environ, "PYTHONHASHSEED": hash_seed}, check=True)
+        seen.add(done.stdout.strip().splitlines()[-1])
+    assert len(seen) == 1
+
+
 # ----- the probe ------------------------------------------------------------------------------
 class FakeClock:
     """time.perf_counter for the probe: each fake runner advances it by its own cost."""
@@ -419,6 +440,36 @@ def test_probe_picks_the_fastest_correct_choice_and_caches_it(monkeypatch, cache
         raise AssertionError("the cached choice is used without probing again")
 
     assert runtime.probe(options, must_not_build, (x,), {"k": 1})[0] == runtime.Choice("openvino")
+
+
+def test_a_probe_waits_for_one_running_elsewhere_and_takes_its_choice(cache):
+    """Two processes that need the same network at once (an eval's workers): the second waits for the
+    first one's probe instead of timing its candidates against it, then reads the choice."""
+    import threading
+    import time
+
+    options = [runtime.Choice("torch"), runtime.Choice("onnxruntime")]
+    x, key = torch.ones(4, 3), {"k": "shared"}
+    holding = threading.Event()
+
+    def elsewhere():  # the machine-wide lock is an OS file lock: another open file conflicts like another process
+        with runtime._machine_lock():
+            holding.set()
+            time.sleep(0.5)
+            # (its probe is rigged: onnxruntime is its only candidate)
+            runtime._probe(options[1:], fake_build(FakeClock(), {}), (x,), key, runtime._probe_digest(key), rounds=1)
+
+    def must_not_build(choice):
+        raise AssertionError("the other process's choice is used without probing again")
+
+    other = threading.Thread(target=elsewhere)
+    other.start()
+    holding.wait(5)
+    started = time.monotonic()
+    choice, record = runtime.probe(options, must_not_build, (x,), key)
+    other.join()
+    assert time.monotonic() - started > 0.3  # it waited for the lock
+    assert choice == runtime.Choice("onnxruntime") == runtime.Choice(*record["choice"].split())
 
 
 def test_probe_with_every_choice_refused_says_so_in_one_sentence(monkeypatch, cache):
