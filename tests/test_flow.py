@@ -241,7 +241,8 @@ def test_reflow_student_learns_the_teachers_pairs_and_samples_in_one_step(tmp_pa
     assert torch.equal(noises, first) and torch.allclose(ends, base.solve(first, 3, "heun"))
     model = FlowReflow(weights=student)
     out = model.sample(5, seed=0)
-    assert out.nfe == 1 and out.images.shape == (5, 1, 8, 8) and out.info == {"sampler": "euler", "steps": 1}
+    assert out.nfe == 1 and out.images.shape == (5, 1, 8, 8)
+    assert out.info == {"sampler": "euler", "steps": 1, "device": "cpu", "backend": "torch", "precision": "fp32"}
     with pytest.raises(GenlabError, match="holds no teacher pairs"):
         model.training_loss(model.network, {"images": torch.zeros(2, 1, 8, 8, dtype=torch.uint8)})
 
@@ -310,3 +311,23 @@ def test_the_plugin_is_listed_sampled_and_evaluated_like_the_others(tmp_path, fa
         assert row["family"] == "flow-matching" and row["fid"] > 0 and row["reconstruction"]["psnr"] > 20
         assert row["interpolation"]["pairs"] == 2
     assert metrics["best_by_family"]["flow-matching"]["model"] in rows
+
+
+@pytest.mark.parametrize("backend", ["onnxruntime", "openvino"])
+def test_the_velocity_network_runs_on_an_exported_graph_like_pytorch(model, backend, tmp_path, monkeypatch):
+    """The flow's sampler, inversion and SDEdit run their network through genlab.runtime as the DDPM's
+    and LDM's do: an exported graph gives PyTorch fp32's samples to float rounding."""
+    pytest.importorskip(backend)
+    monkeypatch.setenv("GENLAB_CACHE", str(tmp_path / "cache"))
+    options = {"sampler": "heun", "steps": 3}
+    plain = model.sample(4, seed=0, options={**options, "backend": "torch", "precision": "fp32"})
+    graph = model.sample(4, seed=0, options={**options, "backend": backend, "precision": "fp32"})
+    assert graph.info["backend"] == backend and plain.info["backend"] == "torch"
+    assert float((graph.images - plain.images).abs().max()) < 1e-4
+    assert any((tmp_path / "cache" / "graphs").glob("flow-*.onnx"))
+    # inversion takes what backend=auto takes (here forced): the graph runs, not the PyTorch module
+    monkeypatch.setenv("GENLAB_BACKEND", backend)
+    calls, velocity = [], model.network.velocity
+    monkeypatch.setattr(model.network, "velocity", lambda *a: calls.append(1) or velocity(*a))
+    model.reconstruct(plain.images, steps=2)
+    assert calls == []

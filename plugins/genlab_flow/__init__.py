@@ -24,6 +24,12 @@ The ODE is integrated here rather than with diffusers' FlowMatch schedulers: tho
 at sigma = 1/T and then jump to 0 (at 2 steps, one of the two is spent between 0.001 and 0), and
 they do not invert. tests/test_flow.py checks the Euler loop against FlowMatchEulerDiscreteScheduler.
 
+The velocity network runs through ``genlab.runtime`` (options ``backend`` and ``precision``, as the
+DDPM's and LDM's UNets): a probe picks plain PyTorch, ONNX Runtime or OpenVINO on this machine, in
+float32. ``solve`` called without a runner evaluates the network directly, in the input's dtype
+(the tests' float64 checks), and the teacher's reflow pairs are made by PyTorch fp32, so training
+data do not depend on the machine's probe.
+
 This module imports no torch at import time, so listing plugins stays fast.
 """
 
@@ -115,6 +121,11 @@ class Flow(Model):
         sampler: Literal["euler", "heun"] = Field(
             "heun", description="ODE solver: euler, 1 network evaluation per step; heun, 2 per step but the last")
         steps: int = Field(8, ge=1, le=1000, description="ODE steps from noise to digit; NFE = steps (euler), 2 steps - 1 (heun)")
+        backend: runtime.Backend = runtime.backend_field()
+        precision: runtime.Precision = runtime.precision_field()
+
+    # whether precision=auto may choose bf16: only where FID at N = 1,000 showed it harmless (not measured)
+    bf16_harmless = False
 
     def __init__(self, weights=None):
         super().__init__(weights)
@@ -257,24 +268,50 @@ class Flow(Model):
         return F.mse_loss(velocity, eps - x0), {}
 
     # ----- the ODE -------------------------------------------------------------------------------
-    def _velocity(self, x, t: float):
+    def runner(self, backend: str = "auto", precision: str = "auto"):
+        """The velocity network as ``genlab.runtime`` runs it: ``runner(x_t, t)`` with t a float tensor [B]."""
         import torch
 
-        return self.network.velocity(x, torch.full((len(x),), float(t), device=x.device))
+        from .network import Velocity
 
-    def _step(self, x, t: float, s: float, sampler: str):
+        net = self.network
+        if getattr(self, "_velocity_module", (None, None))[0] is not net:
+            self._velocity_module = (net, Velocity(net).eval())
+        shape = self.latent_shape()
+
+        def example(batch):
+            return torch.zeros(batch, *shape), torch.full((batch,), 0.5)
+
+        def probe_inputs(batch, generator):
+            # what sampling feeds the network: x_t of unit scale, t across (0, 1]
+            return torch.randn(batch, *shape, generator=generator), torch.rand(batch, generator=generator)
+
+        return runtime.network_runner(self, f"flow-{shape[-1]}", self._velocity_module[1], example, ["sample", "t"],
+                                      device=self.device, backend=backend, precision=precision,
+                                      bf16_harmless=self.bf16_harmless, probe_inputs=probe_inputs)
+
+    def _velocity(self, x, t: float, run=None):
+        import torch
+
+        times = torch.full((len(x),), float(t), device=x.device)
+        if run is None:
+            return self.network.velocity(x, times.to(x.dtype))
+        return run(x, times).to(x.device)
+
+    def _step(self, x, t: float, s: float, sampler: str, run=None):
         """One step of the ODE from time t to s: (x_s, the velocity at (x, t))."""
-        v = self._velocity(x, t)
+        v = self._velocity(x, t, run)
         x_next = x + (s - t) * v
         if sampler == "heun" and s > 0:  # the step that ends at t = 0 stays Euler (see the module docstring)
-            x_next = x + (s - t) * 0.5 * (v + self._velocity(x_next, s))
+            x_next = x + (s - t) * 0.5 * (v + self._velocity(x_next, s, run))
         return x_next, v
 
-    def solve(self, x, steps: int, sampler: str, start: float = 1.0):
-        """x at time ``start`` carried to t = 0 in ``steps`` steps (in the flow's space)."""
+    def solve(self, x, steps: int, sampler: str, start: float = 1.0, run=None):
+        """x at time ``start`` carried to t = 0 in ``steps`` steps (in the flow's space), the network run
+        by ``run`` (a ``runner``), or called directly in x's dtype."""
         grid = time_grid(steps, start)
         for t, s in zip(grid[:-1], grid[1:]):
-            x, _ = self._step(x, t, s, sampler)
+            x, _ = self._step(x, t, s, sampler, run)
         return x
 
     def _noise(self, count: int, seed: int):
@@ -290,11 +327,12 @@ class Flow(Model):
         import torch
 
         opts = self.parse_options(options)
+        run = self.runner(opts.backend, opts.precision)
         x = self._noise(count, seed)
         grid = time_grid(opts.steps)
         with torch.inference_mode():
             for i, (t, s) in enumerate(zip(grid[:-1], grid[1:])):
-                x_next, v = self._step(x, t, s, opts.sampler)
+                x_next, v = self._step(x, t, s, opts.sampler, run)
                 if i == opts.steps - 1 or (record_every and i % record_every == 0):
                     yield {"step": i + 1, "steps": opts.steps, "t": round(s, 4), "nfe": nfe(opts.sampler, i + 1)
                            + (opts.sampler == "heun" and i < opts.steps - 1),  # nfe() counts the last Heun step as one
@@ -306,10 +344,11 @@ class Flow(Model):
 
         opts = self.parse_options(options)
         start = time.perf_counter()
+        run = self.runner(opts.backend, opts.precision)
         with torch.inference_mode():
-            images = self.from_space(self.solve(self._noise(count, seed), opts.steps, opts.sampler))
+            images = self.from_space(self.solve(self._noise(count, seed), opts.steps, opts.sampler, run=run))
         return Samples(images=images, nfe=nfe(opts.sampler, opts.steps), seconds=time.perf_counter() - start,
-                       info={"sampler": opts.sampler, "steps": opts.steps})
+                       info={"sampler": opts.sampler, "steps": opts.steps, **runtime.describe_choice(run, self.device)})
 
     # ----- ODE inversion: the flow's encoder ------------------------------------------------------
     def encode(self, images, steps: int | None = None, sampler: str | None = None, refine: int = 2):
@@ -321,14 +360,15 @@ class Flow(Model):
         import torch
 
         steps, sampler = self._inversion(steps, sampler)
+        run = self.runner()
         grid = time_grid(steps)
         with torch.inference_mode():
             x = self.to_space(images)
             for t, s in reversed(list(zip(grid[:-1], grid[1:]))):
                 target = x
-                x = x - (s - t) * self._velocity(x, s)
+                x = x - (s - t) * self._velocity(x, s, run)
                 for _ in range(refine):
-                    x = x + (target - self._step(x, t, s, sampler)[0])
+                    x = x + (target - self._step(x, t, s, sampler, run)[0])
         return x.cpu()
 
     def decode(self, latents, steps: int | None = None, sampler: str | None = None):
@@ -336,8 +376,9 @@ class Flow(Model):
         import torch
 
         steps, sampler = self._inversion(steps, sampler)
+        run = self.runner()
         with torch.inference_mode():
-            return self.from_space(self.solve(latents.float().to(self.device), steps, sampler))
+            return self.from_space(self.solve(latents.float().to(self.device), steps, sampler, run=run))
 
     def _inversion(self, steps, sampler):
         steps = self.inversion_steps if steps is None else steps
@@ -381,7 +422,8 @@ class Flow(Model):
             eps = runtime.randn(x0.shape, torch.Generator().manual_seed(seed), device=x0.device)
             x = (1 - strength) * x0 + strength * eps
             steps = max(1, round(opts.steps * strength))
-            return self.from_space(self.solve(x, steps, opts.sampler, start=strength))
+            return self.from_space(self.solve(x, steps, opts.sampler, start=strength,
+                                              run=self.runner(opts.backend, opts.precision)))
 
     # ----- the teacher's side of reflow ----------------------------------------------------------
     def pairs(self, count: int, *, seed: int = 0, sampler: str = "heun", steps: int = 8, batch_size: int = 500):
@@ -389,11 +431,12 @@ class Flow(Model):
         import torch
 
         noises, ends = [], []
+        run = self.runner("torch", "fp32")  # training data: the same on every machine, whatever its probe picks
         with torch.inference_mode():
             for i, start in enumerate(range(0, count, batch_size)):
                 noise = self._noise(min(batch_size, count - start), seed * 1_000_003 + i)
                 noises.append(noise)
-                ends.append(self.solve(noise, steps, sampler))
+                ends.append(self.solve(noise, steps, sampler, run=run))
         return torch.cat(noises).cpu(), torch.cat(ends).cpu()  # held for training: in CPU memory
 
 

@@ -8,6 +8,7 @@ variance. The autoencoder's weights are not copied in: the flow asks genlab's re
 
 from __future__ import annotations
 
+import torch
 from diffusers import UNet2DModel
 from diffusers.configuration_utils import register_to_config
 
@@ -70,3 +71,15 @@ class VelocityUNet(UNet2DModel):
     def velocity(self, x, t):
         """v(x, t) for a batch x and times t (a float tensor [B] in [0, 1])."""
         return self(x, t * TIME_SCALE).sample
+
+
+class Velocity(torch.nn.Module):
+    """v(x, t) of a flow's network as a module of tensors in, one tensor out: what genlab.runtime
+    runs and exports (t a float tensor [B] in [0, 1])."""
+
+    def __init__(self, network):
+        super().__init__()
+        self.network = network
+
+    def forward(self, sample, t):
+        return self.network.velocity(sample, t)
