@@ -85,6 +85,25 @@ def test_start_token_and_causal_encoder_give_attention_a_content_free_sink():
     assert not torch.allclose(mixed[0, 0], mixed[1, 0])
 
 
+def test_sampling_encodes_each_distinct_prompt_once():
+    """A "{digit}" batch asks for ten prompts over and over: each is encoded once, and every sample
+    gets exactly what encoding it alone gives (training still encodes every row, dropout and all)."""
+    net = tiny_ldm().network
+    prompts = ["3", "a thick 7", "3", "", "a thick 7", "3"]
+    seen = []
+    forward = net.text_model.forward
+    net.text_model.forward = lambda *a, **k: seen.append(len(k["input_ids"])) or forward(*a, **k)
+    with torch.no_grad():
+        hidden, mask = net.encode_prompts(prompts)
+        alone = [net.encode_prompts([p]) for p in prompts]
+    assert seen[0] == 3  # the batch: three distinct prompts
+    torch.testing.assert_close(hidden, torch.cat([h for h, _ in alone]), atol=1e-6, rtol=0)
+    assert torch.equal(mask, torch.cat([m for _, m in alone]))
+    seen.clear()
+    net.encode_prompts(prompts)  # with gradients (training): every row
+    assert seen == [6]
+
+
 def test_attention_maps_need_cross_attention():
     with pytest.raises(GenlabError, match="conditions by class: it has no cross-attention"):
         tiny_ldm("class").attention_maps(options={"prompt": "3", "steps": 2})

@@ -193,6 +193,13 @@ class LatentDiffusion(ModelMixin, ConfigMixin):
 
     def encode_prompts(self, prompts: list[str]):
         """(token embeddings [B, L, D], attention mask [B, L]) for a list of prompts."""
+        if not torch.is_grad_enabled():  # sampling: each distinct prompt once (a batch asks for ten digits)
+            unique = list(dict.fromkeys(prompts))
+            if len(unique) < len(prompts):
+                hidden, mask = self.encode_prompts(unique)
+                where = {p: i for i, p in enumerate(unique)}
+                index = torch.tensor([where[p] for p in prompts], device=hidden.device)
+                return hidden[index], mask[index]
         device = self.unet.device
         tokens = self.tokenizer(list(prompts), padding="max_length", truncation=True,
                                 max_length=self.config.max_prompt_tokens, return_tensors="pt")
