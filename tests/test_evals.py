@@ -88,7 +88,7 @@ def test_fid_of_a_set_with_itself_is_zero_and_grows_with_a_shift():
 
 def test_diffusion_rows_report_quality_against_nfe(tmp_path, tiny_ddpm_dir, fake_entry_points, monkeypatch):
     fake_entry_points({"ddpm": "genlab_ddpm"})
-    # whatever this machine's probe would choose, published numbers are drawn by plain PyTorch fp32
+    # what this machine's probe might choose for speed: published numbers take it only in float32
     monkeypatch.setenv("GENLAB_BACKEND", "onnxruntime")
     config = EvalConfig(
         dataset="digits", num_samples=40, likelihood_images=10, batch_size=40,
@@ -107,14 +107,24 @@ def test_diffusion_rows_report_quality_against_nfe(tmp_path, tiny_ddpm_dir, fake
     assert metrics["best_by_family"]["diffusion"]["model"] == best["model"]
     assert (tmp_path / "run" / "images" / "fid_vs_nfe.png").is_file()
     assert rows["ddim-5"]["options"]["sampler"] == "ddim"
-    assert {k: rows["dpm-3"]["options"][k] for k in ("backend", "precision")} == {"backend": "torch", "precision": "fp32"}
+    assert {k: rows["dpm-3"]["options"][k] for k in ("backend", "precision")} == {"backend": "auto", "precision": "fp32"}
+    # what drew the samples is in the row and the report
+    assert rows["dpm-3"]["runtime"] == ["onnxruntime fp32"]
+    assert metrics["runtimes"] == {"onnxruntime fp32": ["ddim-5", "dpm-3"]}
+    assert "**onnxruntime fp32** (ddim-5, dpm-3)" in (tmp_path / "run" / "report.md").read_text()
+    # and the same suite drawn by plain PyTorch gives the same numbers, to float rounding
+    monkeypatch.setenv("GENLAB_BACKEND", "torch")
+    run_eval(config, out_dir=tmp_path / "torch")
+    plain = {r["model"]: r for r in json.loads((tmp_path / "torch" / "metrics.json").read_text())["models"]}
+    assert plain["dpm-3"]["runtime"] == ["torch fp32"]
+    for label in rows:
+        assert rows[label]["fid"] == pytest.approx(plain[label]["fid"], rel=1e-3)
     assert "t=1..5 exact, t=6..100 from 5 strata" in rows["ddim-5"]["likelihood"]["method"]
     assert rows["ddim-5"]["likelihood"]["bpd"] > 0 and rows["ddim-5"]["fid"] > 0
-    # the bound's network ran as the published rows' did: plain PyTorch fp32 on the model's device
+    # the bound's network runs one pinned way whatever drew the samples: PyTorch fp32, channels-last
     ran = rows["ddim-5"]["likelihood"]["runtime"]
     assert ran == {"device": "cpu", "backend": "torch", "precision": "fp32", "mode": "channels_last"}
-    pinned = ("backend", "precision")
-    assert {k: ran[k] for k in pinned} == {k: rows["ddim-5"]["options"][k] for k in pinned}
+    assert ran["precision"] == rows["ddim-5"]["options"]["precision"]  # float32, like the samples
 
 
 def test_published_numbers_are_ieee_float32_whatever_the_process_allows(tmp_path, tiny_vae_dir, fake_entry_points,
@@ -180,7 +190,8 @@ def test_compute_curves_are_drawn_by_the_runtime_the_rows_are(tmp_path, fake_ent
                                             "options": {"sampler": "ddim", "steps": 2}}])
     run_eval(config, out_dir=tmp_path / "run")
     curve = json.loads((tmp_path / "run" / "metrics.json").read_text())["curves"][0]
-    assert len(curve["points"]) == 2 and set(drawn) == {("torch", "fp32")}  # the row's and the curve's samples
+    # the row's and the curve's samples: backend as probed (here forced), never anything but float32
+    assert len(curve["points"]) == 2 and set(drawn) == {("auto", "fp32")}
 
 
 def test_latent_diffusion_rows_report_prompt_accuracy_and_first_stage(tmp_path, tiny_ldm_dir, tiny_first_stage_dir,
@@ -289,3 +300,14 @@ def test_training_snapshots_become_a_quality_against_compute_curve(tmp_path, fak
     assert "no snapshots in" in missing["unavailable"]
     assert (tmp_path / "run" / "images" / "fid_vs_compute.png").is_file()
     assert "### Quality against training compute" in report.read_text()
+    # each point was a job of its own (shared by an eval's processes like the sample shards)
+    assert "curve" in json.loads((tmp_path / "run" / "metrics.json").read_text())["machine"]["job_seconds"]
+
+    # a damaged snapshot costs its curve (which says which one), not the report
+    (damaged,) = [p for p in (tmp_path / "vae-run" / "snapshots").glob("step-*") if p.name.endswith("2")]
+    for weights in damaged.glob("*.safetensors"):
+        weights.write_bytes(b"not safetensors")
+    run_eval(config, out_dir=tmp_path / "damaged")
+    after = json.loads((tmp_path / "damaged" / "metrics.json").read_text())
+    assert "the snapshot at step 2 could not be measured" in after["curves"][0]["unavailable"]
+    assert "points" not in after["curves"][0] and after["models"][0]["fid"] > 0

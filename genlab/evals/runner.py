@@ -23,6 +23,7 @@ import re
 from contextlib import contextmanager
 from datetime import datetime, timezone
 from pathlib import Path
+from typing import Callable
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
@@ -192,7 +193,8 @@ def _write_atomic(path: Path, text: str) -> None:
 
 
 def _read_shard(shard: Path, count: int):
-    """(images, seconds, nfe) of a shard on disk, or None when it is missing, damaged or of another size."""
+    """(images, seconds, nfe, runtime) of a shard on disk, or None when it is missing, damaged or of
+    another size; runtime is what ran the network ("onnxruntime fp32"), None when the model did not say."""
     from safetensors import safe_open
 
     if not shard.is_file():
@@ -204,12 +206,19 @@ def _read_shard(shard: Path, count: int):
         seconds = float(meta["seconds"])
     except Exception:  # damaged on disk: drawn again
         return None
-    return (images, seconds, nfe) if len(images) == count else None
+    return (images, seconds, nfe, meta.get("runtime")) if len(images) == count else None
+
+
+def _runtime_label(info: dict) -> str | None:
+    """What ran a sampler's network, from its ``Samples.info`` ("openvino fp32"), if it says."""
+    if not isinstance(info, dict) or not info.get("backend"):
+        return None
+    return " ".join(str(info[k]) for k in ("backend", "precision", "mode") if info.get(k))
 
 
 def draw_shard(model, entry: ModelEntry, options, count: int, seed: int, index: int, shard: Path):
     """Shard ``index`` of a seed's samples, drawn and saved whole (its sampling time with it, so that
-    throughput survives a resume); returns (images, seconds, nfe)."""
+    throughput survives a resume); returns (images, seconds, nfe, runtime)."""
     from safetensors.torch import save_file
 
     from genlab.datasets import to_uint8
@@ -220,9 +229,11 @@ def draw_shard(model, entry: ModelEntry, options, count: int, seed: int, index: 
         images = to_uint8(result.images).contiguous()
     shard.parent.mkdir(parents=True, exist_ok=True)
     tmp = shard.with_name(f".{shard.name}.{os.getpid()}.tmp")
-    save_file({"images": images}, str(tmp), metadata={"seconds": repr(result.seconds), "nfe": str(result.nfe)})
+    runtime = _runtime_label(result.info)
+    save_file({"images": images}, str(tmp), metadata={"seconds": repr(result.seconds), "nfe": str(result.nfe),
+                                                      **({"runtime": runtime} if runtime else {})})
     os.replace(tmp, shard)  # a shard is on disk whole or not at all
-    return images, float(result.seconds), result.nfe
+    return images, float(result.seconds), result.nfe, runtime
 
 
 def shard_path(folder: Path, index: int) -> Path:
@@ -232,21 +243,22 @@ def shard_path(folder: Path, index: int) -> Path:
 def sample_shards(model, entry: ModelEntry, n: int, seed: int, batch_size: int, folder: Path):
     """N images as uint8 in seeded batches, each batch a shard on disk (read back, or drawn and saved
     the moment it is made): a killed eval resumes from the shards on disk and samples only the missing
-    ones. Returns (the shards' images, seconds, nfe, shards drawn by this call)."""
+    ones. Returns (the shards' images, seconds, nfe, shards drawn by this call, the runtimes that drew them)."""
     from tqdm.auto import tqdm
 
     options = model.parse_options(entry.options)
-    chunks, seconds, nfe, made = [], 0.0, None, 0
+    chunks, seconds, nfe, made, runtimes = [], 0.0, None, 0, set()
     counts = _batches(n, batch_size)
     for index, count in enumerate(tqdm(counts, desc=f"sample {entry.name} (seed {seed})", unit="shard", leave=False)):
         found = _read_shard(shard_path(folder, index), count)
         if found is None:
             found = draw_shard(model, entry, options, count, seed, index, shard_path(folder, index))
             made += 1
-        images, sec, nfe = found
+        images, sec, nfe, runtime = found
         chunks.append(images)
         seconds += sec
-    return chunks, seconds, nfe, made
+        runtimes.add(runtime)
+    return chunks, seconds, nfe, made, runtimes
 
 
 def _latency(model, entry: ModelEntry, seed: int, repeats: int = 5) -> float:
@@ -297,9 +309,13 @@ CLASSIFIER = "mnist-classifier"
 
 def weights_fingerprint(model) -> list:
     """Names, sizes and modification times of a checkpoint's files: retrained weights are new weights."""
-    if model.weights is None or not Path(model.weights).is_dir():
+    return _folder_fingerprint(model.weights)
+
+
+def _folder_fingerprint(folder) -> list:
+    if folder is None or not Path(folder).is_dir():
         return []
-    return sorted((p.name, p.stat().st_size, p.stat().st_mtime_ns) for p in Path(model.weights).iterdir() if p.is_file())
+    return sorted((p.name, p.stat().st_size, p.stat().st_mtime_ns) for p in Path(folder).iterdir() if p.is_file())
 
 
 class _Run:
@@ -455,29 +471,26 @@ def _snapshots(run_dir: Path) -> list[tuple[Path, dict]]:
     return points
 
 
-def _curve(run: _Run, entry: CurveEntry) -> dict:
-    """FID at the floor's N (first seed) of every snapshot of a training run, against CPU-seconds."""
-    import torch
-
-    from genlab.datasets import to_uint8
+def _curve_points(run: _Run, entry: CurveEntry) -> list[tuple[dict, str, list, Callable[[], dict]]]:
+    """(snapshot mark, cache kind, cache key, compute) of each point of a training curve: FID at the
+    floor's N (first seed) of one snapshot. Each point is a job of its own, so the processes of an
+    eval share a curve's snapshots as they share sample shards."""
     from genlab.registry import get_model_class
 
-    from .quality import extract_features, frechet_distance
-
-    folder = Path(entry.run).expanduser()
-    out = {"label": entry.name, "id": entry.id, "run": entry.run, "options": entry.options}
-    points = _snapshots(folder)
-    if not points:
-        return out | {"unavailable": f"no snapshots in {folder}: train a config with snapshot_every_cpu_minutes "
-                                      "into that --run-dir to draw this curve"}
     cls = get_model_class(entry.id)
-    out["family"] = cls.family
     n, seed, extractor = run.equal_n, run.seeds[0], run.config.feature_extractor
-    feature, _ = feature_layers(extractor)
-    reference = run.reference_features(seed, extractor)[feature][:n]  # the reference draw's features, not a second pass
-    out["points"] = []
-    for weights, mark in points:
+    points = []
+    for weights, mark in _snapshots(Path(entry.run).expanduser()):
         def measure(weights=weights):
+            import torch
+
+            from genlab.datasets import to_uint8
+
+            from .quality import extract_features, frechet_distance
+
+            feature, _ = feature_layers(extractor)
+            # the reference draw's features, not a second pass
+            reference = run.reference_features(seed, extractor)[feature][:n]
             model = cls(weights=weights)
             # the curve's points are published numbers too: the same runtime as the rows
             options = model.parse_options(_pinned(model, entry.options))
@@ -485,10 +498,43 @@ def _curve(run: _Run, entry: CurveEntry) -> dict:
                                 for i, count in enumerate(_batches(n, run.config.batch_size))])
             return {"fid": frechet_distance(extract_features(images, extractor)[feature], reference)}
 
-        key = [str(weights), weights_fingerprint(cls(weights=weights)), entry.options, n, seed, extractor]
-        value = run.cached(f"curve-{_slug(entry.name)}", key, measure)
+        key = [str(weights), _folder_fingerprint(weights), entry.options, n, seed, extractor]
+        points.append((mark, f"curve-{_slug(entry.name)}", key, measure))
+    return points
+
+
+def _curve(run: _Run, entry: CurveEntry) -> dict:
+    """FID at the floor's N (first seed) of every snapshot of a training run, against CPU-seconds
+    (the points' jobs computed them; a point missing from the cache is computed here)."""
+    from genlab.registry import get_model_class
+
+    folder = Path(entry.run).expanduser()
+    out = {"label": entry.name, "id": entry.id, "run": entry.run, "options": entry.options}
+    points = _curve_points(run, entry)
+    if not points:
+        return out | {"unavailable": f"no snapshots in {folder}: train a config with snapshot_every_cpu_minutes "
+                                      "into that --run-dir to draw this curve"}
+    out["family"] = get_model_class(entry.id).family
+    out["points"] = []
+    for mark, kind, key, measure in points:
+        try:
+            value = run.cached(kind, key, measure)
+        except KeyboardInterrupt:
+            raise
+        except (Exception, SystemExit) as exc:  # a damaged snapshot costs its curve, not the report
+            reason = str(exc) if isinstance(exc, GenlabError) else describe(exc)
+            return {k: v for k, v in out.items() if k != "points"} | {
+                "unavailable": f"the snapshot at step {mark['step']} could not be measured: {reason}"}
         out["points"].append({"step": mark["step"], "cpu_seconds": mark["cpu_seconds"] + entry.extra_cpu_seconds,
                               "fid": value["fid"]})
+    return out
+
+
+def _runtimes(rows: list[dict]) -> dict:
+    out: dict = {}
+    for row in rows:
+        for runtime in row.get("runtime") or []:
+            out.setdefault(runtime, []).append(row["model"])
     return out
 
 
@@ -600,10 +646,11 @@ def _measure_model(model, entry: ModelEntry, run: _Run) -> dict:
             "data_shape": tuple(run.train.images.shape[1:]),
         }
     if model.can(Capability.SAMPLE):
-        features_by_seed, images_by_seed, seconds, nfe = {}, {}, 0.0, None
+        features_by_seed, images_by_seed, seconds, nfe, runtimes = {}, {}, 0.0, None, set()
         for seed in run.seeds:
             folder = run.samples_folder(entry, model, seed)
-            chunks, sec, nfe, _ = sample_shards(model, entry, config.num_samples, seed, config.batch_size, folder)
+            chunks, sec, nfe, _, used = sample_shards(model, entry, config.num_samples, seed, config.batch_size, folder)
+            runtimes |= used
             shards = [run.shard_features(images, folder) for images in chunks]
             features_by_seed[seed] = {e: {k: torch.cat([f[e][k] for f in shards]) for k in shards[0][e]}
                                       for e in run.sample_extractors}
@@ -615,6 +662,8 @@ def _measure_model(model, entry: ModelEntry, run: _Run) -> dict:
         n_total = config.num_samples * len(run.seeds)
         row.update({
             "nfe": nfe, "images_per_second": n_total / seconds if seconds > 0 else None,
+            # what ran the network for these samples (several: shards drawn by processes that probed apart)
+            "runtime": sorted(r for r in runtimes if r) or None,
             "latency_ms": 1000 * _latency(model, entry, config.seed),
             **main,
             "seeds": run.seeds,
@@ -805,9 +854,12 @@ def _select(config: EvalConfig) -> tuple[list, dict, dict]:
     return entries, models, failed
 
 
-# published numbers come from one way of running each network, whatever this machine's probe would
-# pick for speed (another backend, bf16): plain PyTorch in float32; a suite may name others per model
-EVAL_RUNTIME = {"backend": "torch", "precision": "fp32"}
+# published numbers are float32, whatever this machine's probe would pick for speed: never bf16, and only
+# a backend the probe has checked against plain PyTorch fp32 on this machine (within FP32_TOLERANCE of the
+# output's RMS; ONNX Runtime or OpenVINO run the bundled UNets 1.3-1.9x as fast at one thread). The
+# samples then match PyTorch's to float rounding, and the bundled report's FIDs moved by less than a
+# tenth of their seed spread (README). A suite may name a model's backend and precision itself.
+EVAL_RUNTIME = {"backend": "auto", "precision": "fp32"}
 
 
 def _pinned(model, options: dict) -> dict:
@@ -864,7 +916,16 @@ def _plan(run: _Run, entries: list, models: dict, failed: dict) -> list:
                                                partial(_measure_model, model, entry, run)),
                         entry.name, (*real, *steps), step=len(steps)))
     floor = Job("floor", partial(run.cached, "floor", run.settings, partial(_floor, run)), needs=real)
-    return [*features, *prompts, *measures, *shards, floor, *rows]
+    curves = []
+    for entry in run.config.curves:
+        try:
+            points = _curve_points(run, entry)
+        except GenlabError:  # an unknown model id: the report's curve section says so
+            continue
+        reference = f"reference-{run.seeds[0]}-{run.config.feature_extractor}"
+        curves += [Job(f"curve-{_slug(entry.name)}-{i}", partial(run.cached, kind, key, measure), needs=(reference,))
+                   for i, (_, kind, key, measure) in enumerate(points)]
+    return [*features, *prompts, *measures, *shards, *curves, floor, *rows]
 
 
 def _unless(finished, compute):
@@ -1075,6 +1136,8 @@ def _run_in(config: EvalConfig, out: Path, entries: list, models: dict, failed: 
         # the "is the model learning anything" line of the likelihood table, on the same held-out images
         "likelihood_baseline": pixel_histogram_bpd(run.train.images, run.heldout.images[: config.likelihood_images]),
         "models": rows,
+        # {what ran the sampling networks: [the rows it drew]} (rows whose model does not say are left out)
+        "runtimes": _runtimes(rows),
         "failed_models": failed_models,  # each with the reason it has no row
         "best_by_family": best_by_family(rows),
         "curves": curves,
