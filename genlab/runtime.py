@@ -499,8 +499,11 @@ class OpenVinoRunner:
             used = {name for port in model.inputs for name in port.get_names()}
             model.reshape({n: list(s) for n, s in zip(self.input_names, shapes) if n in used})
             self.used = used
+            # no CPU pinning: OpenVINO pins its threads to the first cores by default, so two processes
+            # (an eval's workers, one thread each) ran on one core: each took 1.8x as long on two cores
             config = {"INFERENCE_NUM_THREADS": self.threads, "INFERENCE_PRECISION_HINT": self.precision,
-                      "NUM_STREAMS": self.streams, "PERFORMANCE_HINT": "LATENCY" if self.streams == 1 else "THROUGHPUT"}
+                      "NUM_STREAMS": self.streams, "PERFORMANCE_HINT": "LATENCY" if self.streams == 1 else "THROUGHPUT",
+                      "ENABLE_CPU_PINNING": False}
             self.compiled[shapes] = ov.AsyncInferQueue(core.compile_model(model, "CPU", config), self.streams)
         return self.compiled[shapes]
 

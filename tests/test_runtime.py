@@ -339,6 +339,17 @@ def test_openvino_batches_past_its_largest_shape_are_chunked_and_padded():
 
 
 @pytest.mark.skipif(not HAVE["openvino"], reason="openvino is not installed")
+def test_openvino_leaves_its_threads_to_the_os_scheduler(cache):
+    """OpenVINO pins its threads to the first cores unless told not to: an eval's two one-thread
+    workers then shared one core of two (each took 1.8x as long; measured on the LDM)."""
+    run = tiny_ddpm().runner("openvino", "fp32")
+    run(torch.zeros(4, 1, 8, 8), torch.zeros(4, dtype=torch.long))
+    (queue,) = run._run.compiled.values()
+    request = queue[0]
+    assert request.get_compiled_model().get_property("ENABLE_CPU_PINNING") is False
+
+
+@pytest.mark.skipif(not HAVE["openvino"], reason="openvino is not installed")
 def test_bf16_stays_close_per_forward():
     model = tiny_ddpm()
     x = torch.randn(4, 1, 8, 8, generator=torch.Generator().manual_seed(0))
