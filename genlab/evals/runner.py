@@ -492,8 +492,9 @@ def _curve_points(run: _Run, entry: CurveEntry) -> list[tuple[dict, str, list, C
             # the reference draw's features, not a second pass
             reference = run.reference_features(seed, extractor)[feature][:n]
             model = cls(weights=weights)
-            # the curve's points are published numbers too: the same runtime as the rows
-            options = model.parse_options(_pinned(model, entry.options))
+            # published numbers too, so float32; but every snapshot is a new network, and a probe and an
+            # exported graph per snapshot cost more than they save on 500 images: plain PyTorch
+            options = model.parse_options(_pinned(model, entry.options, CURVE_RUNTIME))
             images = torch.cat([to_uint8(model.sample(count, seed=seed * 100_003 + i, options=options).images)
                                 for i, count in enumerate(_batches(n, run.config.batch_size))])
             return {"fid": frechet_distance(extract_features(images, extractor)[feature], reference)}
@@ -856,16 +857,20 @@ def _select(config: EvalConfig) -> tuple[list, dict, dict]:
 
 # published numbers are float32, whatever this machine's probe would pick for speed: never bf16, and only
 # a backend the probe has checked against plain PyTorch fp32 on this machine (within FP32_TOLERANCE of the
-# output's RMS; ONNX Runtime or OpenVINO run the bundled UNets 1.3-1.9x as fast at one thread). The
-# samples then match PyTorch's to float rounding, and the bundled report's FIDs moved by less than a
-# tenth of their seed spread (README). A suite may name a model's backend and precision itself.
+# output's RMS). On the bundled report ONNX Runtime and OpenVINO drew the DDPM, LDM and flow rows, and
+# every FID matched the plain PyTorch draw within 0.002 (at most 0.2% of its seed spread; README).
+# A suite may name a model's backend and precision itself.
 EVAL_RUNTIME = {"backend": "auto", "precision": "fp32"}
 
 
-def _pinned(model, options: dict) -> dict:
-    """``options`` with EVAL_RUNTIME's settings added where the model has them and the suite named none."""
+# the compute curves' snapshots (see _curve_points)
+CURVE_RUNTIME = {"backend": "torch", "precision": "fp32"}
+
+
+def _pinned(model, options: dict, runtime: dict = EVAL_RUNTIME) -> dict:
+    """``options`` with ``runtime``'s settings added where the model has them and the suite named none."""
     fields = type(model).Options.model_fields
-    return {**options, **{k: v for k, v in EVAL_RUNTIME.items() if k in fields and k not in options}}
+    return {**options, **{k: v for k, v in runtime.items() if k in fields and k not in options}}
 
 
 # ----- the jobs --------------------------------------------------------------------------------
