@@ -858,8 +858,8 @@ def _select(config: EvalConfig) -> tuple[list, dict, dict]:
 
 # published numbers are float32, whatever this machine's probe would pick for speed: never bf16, and only
 # a backend the probe has checked against plain PyTorch fp32 on this machine (within FP32_TOLERANCE of the
-# output's RMS). On the bundled report ONNX Runtime and OpenVINO drew the DDPM, LDM and flow rows, and
-# every FID matched the plain PyTorch draw within 0.002 (at most 0.2% of its seed spread; README).
+# output's RMS). In a redraw of the bundled report ONNX Runtime and OpenVINO drew the DDPM, LDM and flow
+# rows, and every FID matched the plain PyTorch draw within 0.002 (at most 0.2% of its seed spread; README).
 # A suite may name a model's backend and precision itself.
 EVAL_RUNTIME = {"backend": "auto", "precision": "fp32"}
 
