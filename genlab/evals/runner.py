@@ -494,7 +494,7 @@ def _curve_points(run: _Run, entry: CurveEntry) -> list[tuple[dict, str, list, C
             model = cls(weights=weights)
             # published numbers too, so float32; but every snapshot is a new network: probed, the bundled
             # curves' 63 points took 705 core-seconds against 797 by plain PyTorch, and left an exported
-            # graph and compiled blobs per snapshot in the cache (about 0.4 GB): plain PyTorch
+            # graph and compiled blobs per snapshot in the cache (about 13 MB each, an estimated 0.4 GB): plain PyTorch
             options = model.parse_options(_pinned(model, entry.options, CURVE_RUNTIME))
             images = torch.cat([to_uint8(model.sample(count, seed=seed * 100_003 + i, options=options).images)
                                 for i, count in enumerate(_batches(n, run.config.batch_size))])
