@@ -105,7 +105,8 @@ def ldm_loop(net, *, prompt: str, guidance: float, sampler: str, steps: int, bat
         scheduler = net.scheduler(sampler)
         scheduler.set_timesteps(steps)
         c = net.config
-        z = torch.randn((batch, c.latent_channels, c.latent_size, c.latent_size), generator=generator)
+        device = next(net.unet.parameters()).device  # noise drawn on the CPU, as genlab draws it
+        z = torch.randn((batch, c.latent_channels, c.latent_size, c.latent_size), generator=generator).to(device)
         z = z * scheduler.init_noise_sigma
         kwargs = {"generator": generator} if sampler in ("ddpm", "ddim") else {}
         with torch.no_grad():

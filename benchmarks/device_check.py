@@ -2,18 +2,21 @@
 
     python -m benchmarks.device_check [--device cuda] [--batch 256]
 
-For the VAE, the DDPM, the LDM's first stage and the LDM on ``--device`` (default: auto, i.e. CUDA or
-MPS when there is one): sampling at each model's best-FID setting, timed against the CPU; the same
-seed twice on the device (identical?) and against the CPU (how far apart; GPUs round differently);
-encode/decode/reconstruct, the likelihood bound, attention maps, DDIM inversion; the eval's feature
-network on the device against the CPU. Prints one line per check and ends with "all N checks passed" or
-the list of failures (exit 1). Meant for a lent GPU machine; on a CPU-only machine it checks the CPU
-path and says so.
+For every bundled model (the VAE, the DDPM, the LDM's first stage, the LDM, the flow and its reflow
+student) on ``--device`` (default: auto, i.e. CUDA or MPS when there is one): sampling at each model's
+best-FID setting, timed against the CPU; the same seed twice on the device (identical?) and against the
+CPU (how far apart; GPUs round differently); genlab's samplers against diffusers' own loops on the same
+device, weights, steps, batch and seed (DDIMPipeline for the DDPM, the latent loop for the LDM);
+encode/decode/reconstruct, the likelihood bound, attention maps, DDIM and ODE inversion; the eval's
+feature network on the device against the CPU. Prints one line per check and ends with "all N checks
+passed" or the list of failures (exit 1); ``--out FILE`` also writes them as JSON. Meant for a lent GPU
+machine; on a CPU-only machine it checks the CPU path and says so.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 import time
 import traceback
@@ -22,7 +25,12 @@ BEST = {
     "vae": {},
     "ddpm": {"sampler": "dpm-solver++", "steps": 20},
     "ldm": {"prompt": "{digit}", "guidance": 1.0, "sampler": "dpm-solver++", "steps": 10},
+    "flow": {"sampler": "heun", "steps": 8},
+    "flow-reflow": {"sampler": "euler", "steps": 4},
 }
+# genlab's sampler against diffusers' own loop on the same device (benchmarks.common's baselines)
+VERSUS = [("ddpm", {"sampler": "ddim", "steps": 50}, "diffusers DDIMPipeline"),
+          ("ldm", BEST["ldm"], "diffusers latent loop")]
 
 
 def timed(fn, repeats: int = 3):
@@ -52,6 +60,7 @@ def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--device", default="auto")
     parser.add_argument("--batch", type=int, default=256)
+    parser.add_argument("--out", default=None, help="also write the checks as JSON to this file")
     args = parser.parse_args(argv)
     device = runtime.resolve_device(args.device)
     cpu = torch.device("cpu")
@@ -59,7 +68,7 @@ def main(argv=None) -> int:
           f"{torch.get_num_threads()} threads", flush=True)
     if device.type == "cpu":
         print("no accelerator here: checking the CPU path only")
-    failures, checks = [], 0
+    failures, checks, rows = [], 0, []
 
     def check(name, fn):
         nonlocal checks
@@ -67,13 +76,15 @@ def main(argv=None) -> int:
         try:
             detail = fn()
             print(f"ok    {name}: {detail}", flush=True)
+            rows.append({"check": name, "ok": True, "detail": detail})
         except Exception as exc:  # noqa: BLE001 - report every failure, then go on
             failures.append(name)
             print(f"FAIL  {name}: {type(exc).__name__}: {exc}", flush=True)
+            rows.append({"check": name, "ok": False, "detail": f"{type(exc).__name__}: {exc}"})
             traceback.print_exc(limit=3)
 
     heldout = to_unit(load_dataset("mnist-5k", "heldout").images[:16])
-    models = {m: (get_model(m, device=device), get_model(m, device=cpu)) for m in ("vae", "ddpm", "ldm-autoencoder", "ldm")}
+    models = {m: (get_model(m, device=device), get_model(m, device=cpu)) for m in ("vae", "ddpm", "ldm-autoencoder", "ldm", "flow", "flow-reflow")}
 
     for model_id, options in BEST.items():
         on, off = models[model_id]
@@ -91,6 +102,26 @@ def main(argv=None) -> int:
                     f"{versus_cpu:.1e}; ran on {a.info.get('device')} {a.info.get('backend', '')} {a.info.get('precision', '')}")
 
         check(f"{model_id} sample {options}", sampling)
+
+    from . import common
+
+    for model_id, options, what in VERSUS:
+        on = models[model_id][0]
+
+        def versus(on=on, options=options, what=what):
+            ours = lambda: on.sample(args.batch, seed=3, options=options).images  # noqa: E731
+            net = on.network
+            theirs = (common.ddim_pipeline(net, options["steps"], args.batch, 3) if on.model_id == "ddpm"
+                      else common.ldm_loop(net, batch=args.batch, seed=3, **options))
+            timing = common.interleaved({"genlab": lambda: (ours(), _sync())[0], what: lambda: (theirs(), _sync())[0]},
+                                        repeats=3)
+            a, b = timing["genlab"]["result"], timing[what]["result"].cpu()  # both in [0, 1]
+            diff = float((a.float() - b.float()).abs().max())
+            ratio = timing[what]["median"] / timing["genlab"]["median"]
+            return (f"genlab {args.batch / timing['genlab']['median']:,.0f} images/s vs {what} "
+                    f"{args.batch / timing[what]['median']:,.0f} on {device} -> {ratio:.2f}x; max |diff| {diff:.1e}")
+
+        check(f"{model_id} {options} vs {what}", versus)
 
     vae, vae_cpu = models["vae"]
     check("vae reconstruct + bits/dim", lambda: (
@@ -123,7 +154,17 @@ def main(argv=None) -> int:
         return f"{tuple(a.shape)} classifier features on {device}"
 
     check("eval feature network", features)
+    flow, flow_cpu = models["flow"]
+    check("flow ODE inversion round trip", lambda: (
+        f"max |decode(encode(x)) - x| {float((flow.reconstruct(heldout[:4]) - heldout[:4]).abs().max()):.4f} "
+        f"(CPU {float((flow_cpu.reconstruct(heldout[:4]) - heldout[:4]).abs().max()):.4f})"))
     print(f"\n{'all %d checks passed' % checks if not failures else 'FAILED: ' + ', '.join(failures)} on {device}")
+    if args.out:
+        from pathlib import Path
+
+        Path(args.out).write_text(json.dumps({
+            "device": str(device), "device_name": runtime.device_name(device), "torch": torch.__version__,
+            "cpu": runtime.cpu_model(), "batch": args.batch, "checks": rows, "failures": failures}, indent=1))
     return 1 if failures else 0
 
 
