@@ -247,8 +247,9 @@ class Flow(Model):
         return self.flow_loss(network, x0, eps, generator)
 
     @staticmethod
-    def flow_loss(network, x0, eps, generator=None):
-        """Mean squared error of the predicted velocity against eps - x0 at x_t = (1 - t) x0 + t eps."""
+    def flow_loss(network, x0, eps, generator=None, labels=None):
+        """Mean squared error of the predicted velocity against eps - x0 at x_t = (1 - t) x0 + t eps
+        (``labels``: the classes of a class-conditional flow)."""
         import torch
         from torch.nn import functional as F
 
@@ -264,7 +265,9 @@ class Flow(Model):
         t = t.to(device)
         tt = t.view(-1, 1, 1, 1)
         x_t = (1 - tt) * x0 + tt * eps
-        velocity = network(x_t, t * TIME_SCALE).sample  # the wrapped network: gradients sync across processes
+        labels = None if labels is None else labels.to(device)
+        # the wrapped network: gradients sync across processes
+        velocity = network(x_t, t * TIME_SCALE, class_labels=labels).sample
         return F.mse_loss(velocity, eps - x0), {}
 
     # ----- the ODE -------------------------------------------------------------------------------
@@ -278,41 +281,50 @@ class Flow(Model):
         if getattr(self, "_velocity_module", (None, None))[0] is not net:
             self._velocity_module = (net, Velocity(net).eval())
         shape = self.latent_shape()
+        classes = net.config.num_classes  # a class-conditional flow takes labels as a third input
 
         def example(batch):
-            return torch.zeros(batch, *shape), torch.full((batch,), 0.5)
+            labels = (torch.zeros(batch, dtype=torch.long),) if classes else ()
+            return torch.zeros(batch, *shape), torch.full((batch,), 0.5), *labels
 
         def probe_inputs(batch, generator):
             # what sampling feeds the network: x_t of unit scale, t across (0, 1]
-            return torch.randn(batch, *shape, generator=generator), torch.rand(batch, generator=generator)
+            labels = (torch.randint(classes, (batch,), generator=generator),) if classes else ()
+            return torch.randn(batch, *shape, generator=generator), torch.rand(batch, generator=generator), *labels
 
-        return runtime.network_runner(self, f"flow-{shape[-1]}", self._velocity_module[1], example, ["sample", "t"],
+        names = ["sample", "t"] + (["labels"] if classes else [])
+        return runtime.network_runner(self, f"flow-{shape[-1]}" + (f"-c{classes}" if classes else ""),
+                                      self._velocity_module[1], example, names,
                                       device=self.device, backend=backend, precision=precision,
                                       bf16_harmless=self.bf16_harmless, probe_inputs=probe_inputs)
 
-    def _velocity(self, x, t: float, run=None):
+    def _velocity(self, x, t: float, run=None, labels=None):
         import torch
 
         times = torch.full((len(x),), float(t), device=x.device)
         if run is None:
-            return self.network.velocity(x, times.to(x.dtype))
-        return run(x, times).to(x.device)
+            return self.network.velocity(x, times.to(x.dtype), labels)
+        return run(x, times, *(() if labels is None else (labels,))).to(x.device)
 
-    def _step(self, x, t: float, s: float, sampler: str, run=None):
+    def _step(self, x, t: float, s: float, sampler: str, run=None, labels=None):
         """One step of the ODE from time t to s: (x_s, the velocity at (x, t))."""
-        v = self._velocity(x, t, run)
+        v = self._velocity(x, t, run, labels)
         x_next = x + (s - t) * v
         if sampler == "heun" and s > 0:  # the step that ends at t = 0 stays Euler (see the module docstring)
-            x_next = x + (s - t) * 0.5 * (v + self._velocity(x_next, s, run))
+            x_next = x + (s - t) * 0.5 * (v + self._velocity(x_next, s, run, labels))
         return x_next, v
 
-    def solve(self, x, steps: int, sampler: str, start: float = 1.0, run=None):
+    def solve(self, x, steps: int, sampler: str, start: float = 1.0, run=None, labels=None):
         """x at time ``start`` carried to t = 0 in ``steps`` steps (in the flow's space), the network run
-        by ``run`` (a ``runner``), or called directly in x's dtype."""
+        by ``run`` (a ``runner``), or called directly in x's dtype; ``labels`` for a class-conditional flow."""
         grid = time_grid(steps, start)
         for t, s in zip(grid[:-1], grid[1:]):
-            x, _ = self._step(x, t, s, sampler, run)
+            x, _ = self._step(x, t, s, sampler, run, labels)
         return x
+
+    def labels(self, count: int, opts):
+        """The classes to draw ``count`` samples of, or None: the base flow is unconditional."""
+        return None
 
     def _noise(self, count: int, seed: int):
         import torch
@@ -329,10 +341,11 @@ class Flow(Model):
         opts = self.parse_options(options)
         run = self.runner(opts.backend, opts.precision)
         x = self._noise(count, seed)
+        labels = self.labels(count, opts)
         grid = time_grid(opts.steps)
         with torch.inference_mode():
             for i, (t, s) in enumerate(zip(grid[:-1], grid[1:])):
-                x_next, v = self._step(x, t, s, opts.sampler, run)
+                x_next, v = self._step(x, t, s, opts.sampler, run, labels)
                 if i == opts.steps - 1 or (record_every and i % record_every == 0):
                     yield {"step": i + 1, "steps": opts.steps, "t": round(s, 4), "nfe": nfe(opts.sampler, i + 1)
                            + (opts.sampler == "heun" and i < opts.steps - 1),  # nfe() counts the last Heun step as one
@@ -346,7 +359,8 @@ class Flow(Model):
         start = time.perf_counter()
         run = self.runner(opts.backend, opts.precision)
         with torch.inference_mode():
-            images = self.from_space(self.solve(self._noise(count, seed), opts.steps, opts.sampler, run=run))
+            images = self.from_space(self.solve(self._noise(count, seed), opts.steps, opts.sampler, run=run,
+                                                labels=self.labels(count, opts)))
         return Samples(images=images, nfe=nfe(opts.sampler, opts.steps), seconds=time.perf_counter() - start,
                        info={"sampler": opts.sampler, "steps": opts.steps, **runtime.describe_choice(run, self.device)})
 
@@ -501,7 +515,114 @@ class FlowReflow(Flow):
         return self.flow_loss(network, ends[index], noises[index], generator)
 
 
+class FlowDistill(Flow):
+    model_id = "flow-distill"
+    training_objective = ("the flow's velocity MSE on (noise, latent) pairs that the LDM's sampler made from "
+                          "the same noise, digit by digit (rectified-flow distillation), starting from the base flow")
+    description = (
+        "Few-step flow distilled from the latent diffusion model: the LDM's DPM-Solver++ (10 steps) carries "
+        "seeded noises to digits 0-9; a class-conditional copy of the base flow learns the straight line "
+        "from each noise to its digit's latent, so 1 to 4 Euler steps make a digit of the LDM's quality."
+    )
+    # the straight lines lead from noise to one digit each: sampling, its steps and the forward process;
+    # encoding an image would need its digit (inversion, interpolation and editing are the base flow's)
+    capabilities = frozenset({Capability.SAMPLE, Capability.TRAJECTORY, Capability.FORWARD_PROCESS})
+    default_weights = WEIGHTS / "flow-distill-mnist-5k"
+    classes = 10
+
+    class Options(Flow.Options):
+        sampler: Literal["euler", "heun"] = Field(
+            "euler", description="ODE solver: euler, 1 network evaluation per step; heun, 2 per step but the last")
+        steps: int = Field(4, ge=1, le=1000, description="ODE steps from noise to digit; NFE = steps (euler), 2 steps - 1 (heun)")
+        digit: int = Field(-1, ge=-1, le=9, description="The digit to draw; -1: 0 to 9 in turn, as the LDM's {digit} prompt")
+
+    def labels(self, count: int, opts):
+        import torch
+
+        labels = torch.arange(count) % self.classes if opts.digit < 0 else torch.full((count,), opts.digit)
+        return labels.to(self.device)
+
+    @classmethod
+    def create_network(cls, teacher_model: str = "ldm", teacher_weights: str | None = None,
+                       teacher_options: dict | None = None, init_weights: str | None = None, pairs: int = 20000,
+                       pair_seed: int = 1, pair_batch: int = 500, time_sampling: str = "uniform"):
+        """A class-conditional student of ``teacher_model``'s sampler: the base flow's architecture and
+        weights (``init_weights``, default the bundled base flow) with a class embedding that starts at
+        zero, and ``pairs`` (noise, latent, digit) triples: the teacher (``sample_latents``, prompts "0"
+        to "9" in turn, ``teacher_options``, PyTorch fp32) carries each seeded noise to a first-stage
+        latent, which the flow's scale puts in its space. Held in memory, not saved: a resumed run makes
+        the same ones again; their CPU time is recorded in the network's config (``reflow``)."""
+        import inspect
+
+        import torch
+
+        from .network import VelocityUNet
+
+        if pairs < 1:  # one setting per sentence: the trainer names the setting a message is about
+            raise ValueError(f"pairs must be at least 1, got {pairs}")
+        if pair_batch < 1:
+            raise ValueError(f"pair_batch must be at least 1, got {pair_batch}")
+        options = {"prompt": "{digit}", "guidance": 1.0, "sampler": "dpm-solver++", "steps": 10, **(teacher_options or {})}
+        if "{digit}" not in options["prompt"]:
+            raise ValueError(f"teacher_options' prompt must hold {{digit}} (each pair's class), got {options['prompt']!r}")
+        try:
+            teacher = genlab.get_model(teacher_model, weights=teacher_weights)
+        except GenlabError as exc:
+            raise ValueError(f"teacher_model {teacher_model} is unavailable here: {exc}") from None
+        if not hasattr(teacher, "sample_latents"):
+            raise ValueError(f"teacher_model {teacher_model} gives no latents (sample_latents): choose ldm")
+        options.update(backend="torch", precision="fp32")  # training data: the same on every machine
+        teacher.parse_options(options)  # a wrong option is one sentence now, not after the first batch
+        base = Flow(weights=init_weights)
+        first_stage = base.first_stage()
+        if first_stage is None:
+            raise ValueError("init_weights must be a flow on the first stage's latents (the teacher's space)")
+        started = time.process_time()
+        noises, ends, labels = [], [], []
+        for i, start in enumerate(range(0, pairs, pair_batch)):
+            count = min(pair_batch, pairs - start)
+            noise, latents = teacher.sample_latents(count, seed=pair_seed * 1_000_003 + i, options=options)
+            noises.append(noise)
+            ends.append(latents * base.network.config.scale_factor)
+            labels.append(torch.arange(count) % 10)
+        cpu_seconds = time.process_time() - started
+        # the teacher's latents must be the flow's first stage's: decoded by both, they are the same images
+        probe = ends[0][:8] / base.network.config.scale_factor
+        mine = first_stage.decode(probe).clamp(0, 1)
+        theirs = teacher.decode(probe * teacher.network.config.scale_factor).clamp(0, 1)
+        if not torch.allclose(mine, theirs, atol=1e-4):
+            raise ValueError(f"teacher_model {teacher_model}'s first stage is not the one init_weights' flow moves")
+        accepted = inspect.signature(VelocityUNet.__init__).parameters
+        config = {k: v for k, v in base.network.config.items() if k in accepted}
+        config.update(time_sampling=time_sampling, num_classes=cls.classes, reflow={
+            "teacher_model": teacher_model, "teacher_weights": str(teacher.weights),
+            "teacher_digest": weights_digest(teacher.weights), "teacher_options": options,
+            "init_weights": str(base.weights), "init_digest": weights_digest(base.weights), "pairs": pairs,
+            "nfe_per_pair": options["steps"] * (2 if options.get("guidance", 1.0) != 1.0 else 1),
+            "seed": pair_seed, "cpu_seconds": round(cpu_seconds, 1),
+        })
+        network = VelocityUNet(**config)
+        missing, unexpected = network.load_state_dict(base.network.state_dict(), strict=False)
+        assert not unexpected and all(k.startswith("class_embedding") for k in missing), (missing, unexpected)
+        with torch.no_grad():  # at zero the student starts as the base flow, whatever the digit
+            network.class_embedding.weight.zero_()
+        REFLOW_PAIRS[network] = (torch.cat(noises), torch.cat(ends), torch.cat(labels))
+        return network
+
+    def training_loss(self, network, batch, generator=None):
+        import torch
+
+        pairs = REFLOW_PAIRS.get(unwrap(network))
+        if pairs is None:
+            raise GenlabError("this flow-distill network holds no teacher pairs: train it from a config with "
+                              "teacher_model (weights loaded from a checkpoint are for sampling)")
+        noises, ends, labels = pairs
+        index = torch.randint(len(noises), (len(batch["images"]),), generator=generator)
+        return self.flow_loss(network, ends[index], noises[index], generator, labels=labels[index])
+
+
 @genlab.hookimpl
 def register_models(register):
     register(Flow)
     register(FlowReflow)
+    register(FlowDistill)

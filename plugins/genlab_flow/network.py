@@ -37,6 +37,8 @@ class VelocityUNet(UNet2DModel):
             refuses an autoencoder whose weights changed since.
         scale_factor (float, default 1.0): multiplies latents so they have unit variance on the data.
         reflow (dict, optional): for a rectified student, how its teacher's pairs were made.
+        num_classes (int, optional): a class-conditional flow: diffusers' class embedding (one vector
+            per class, added to the time embedding), the class given as ``labels``; None: unconditional.
     """
 
     @register_to_config
@@ -56,6 +58,7 @@ class VelocityUNet(UNet2DModel):
         first_stage_digest: str | None = None,
         scale_factor: float = 1.0,
         reflow: dict | None = None,
+        num_classes: int | None = None,
     ):
         if time_sampling not in TIME_SAMPLING:
             raise ValueError(f"unknown time_sampling {time_sampling!r}; valid: {', '.join(TIME_SAMPLING)}")
@@ -65,21 +68,23 @@ class VelocityUNet(UNet2DModel):
             sample_size=sample_size, in_channels=in_channels, out_channels=in_channels,
             block_out_channels=tuple(block_out_channels), layers_per_block=layers_per_block,
             down_block_types=tuple(down_block_types), up_block_types=tuple(up_block_types),
-            attention_head_dim=attention_head_dim, norm_num_groups=norm_num_groups,
+            attention_head_dim=attention_head_dim, norm_num_groups=norm_num_groups, num_class_embeds=num_classes,
         )
 
-    def velocity(self, x, t):
-        """v(x, t) for a batch x and times t (a float tensor [B] in [0, 1])."""
-        return self(x, t * TIME_SCALE).sample
+    def velocity(self, x, t, labels=None):
+        """v(x, t) for a batch x and times t (a float tensor [B] in [0, 1]); ``labels`` (int [B]) for a
+        class-conditional flow."""
+        return self(x, t * TIME_SCALE, class_labels=labels).sample
 
 
 class Velocity(torch.nn.Module):
     """v(x, t) of a flow's network as a module of tensors in, one tensor out: what genlab.runtime
-    runs and exports (t a float tensor [B] in [0, 1])."""
+    runs and exports (t a float tensor [B] in [0, 1]; then labels, int64 [B], for a class-conditional
+    flow)."""
 
     def __init__(self, network):
         super().__init__()
         self.network = network
 
-    def forward(self, sample, t):
-        return self.network.velocity(sample, t)
+    def forward(self, sample, t, labels=None):
+        return self.network.velocity(sample, t, labels)

@@ -192,9 +192,9 @@ class LDM(Model):
         return text, notes
 
     # ----- sampling ------------------------------------------------------------------------------
-    def _reverse(self, count, seed, opts, attention=False):
+    def _reverse(self, count, seed, opts, attention=False, decode=True):
         with self._lock:
-            return self._reverse_unlocked(count, seed, opts, attention)
+            return self._reverse_unlocked(count, seed, opts, attention, decode)
 
     def runner(self, backend: str = "auto", precision: str = "auto"):
         """The conditional UNet as ``genlab.runtime`` runs it: ``runner(*net.denoiser_inputs(z, t, cond))``."""
@@ -204,7 +204,7 @@ class LDM(Model):
                                       precision=precision, bf16_harmless=self.bf16_harmless,
                                       probe_inputs=net.denoiser_probe_inputs)
 
-    def _reverse_unlocked(self, count, seed, opts, attention):
+    def _reverse_unlocked(self, count, seed, opts, attention, decode=True):
         import torch
 
         from .attention import AttentionRecorder
@@ -227,6 +227,7 @@ class LDM(Model):
         run = self.runner("torch", "fp32") if attention else self.runner(opts.backend, opts.precision)
         c = net.config
         z = runtime.randn((count, c.latent_channels, c.latent_size, c.latent_size), generator, device=self.device)
+        noise = z
         z = z * scheduler.init_noise_sigma
         guided = opts.guidance != 1.0 and c.conditioning != "none"
         prompts = sample_prompts + ([""] * count if guided else [])
@@ -234,15 +235,17 @@ class LDM(Model):
         step_kwargs = {"generator": generator} if opts.sampler in ("ddpm", "ddim") else {}
         try:
             images = self._denoise(net, run, scheduler, z, cond_prompts=prompts, guided=guided, opts=opts,
-                                   step_kwargs=step_kwargs)
+                                   step_kwargs=step_kwargs, decode=decode)
         finally:
             if recorder is not None:
                 recorder.close()
         nfe = opts.steps * (2 if guided else 1)
+        if not decode:
+            return noise.cpu(), images.cpu()
         return images.cpu(), nfe, notes, prompt, recorder, run
 
     @staticmethod
-    def _denoise(net, run, scheduler, z, *, cond_prompts, guided, opts, step_kwargs):
+    def _denoise(net, run, scheduler, z, *, cond_prompts, guided, opts, step_kwargs, decode=True):
         import torch
 
         c = net.config
@@ -256,7 +259,7 @@ class LDM(Model):
                     eps_c, eps_u = eps.chunk(2)
                     eps = eps_u + opts.guidance * (eps_c - eps_u)
                 z = scheduler.step(eps, t, z, **step_kwargs).prev_sample
-            return net.first_stage.decode(z / c.scale_factor)
+            return net.first_stage.decode(z / c.scale_factor) if decode else z / c.scale_factor
 
     def sample(self, count, *, seed=0, options=None) -> Samples:
         opts = self.parse_options(options)
@@ -264,6 +267,13 @@ class LDM(Model):
         images, nfe, notes, prompt, _, run = self._reverse(count, seed, opts)
         return Samples(images=images, nfe=nfe, seconds=time.perf_counter() - start,
                        info={"prompt": prompt, "notes": notes, **runtime.describe_choice(run, self.device)})
+
+    def sample_latents(self, count, *, seed=0, options=None):
+        """(noise, latents) on the CPU: the seeded noise the reverse process starts from and the
+        first-stage latents it ends at, before decoding (in the first stage's units, as its ``encode``
+        gives them); ``sample`` with the same seed and options decodes these latents. What a student
+        distilled from this model's sampler trains on (genlab_flow's ``flow-distill``)."""
+        return self._reverse(count, seed, self.parse_options(options), decode=False)
 
     def attention_maps(self, *, seed=0, options=None) -> dict:
         """One sample and, per prompt token, its cross-attention map over the image (summed over
