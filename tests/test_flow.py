@@ -331,3 +331,73 @@ def test_the_velocity_network_runs_on_an_exported_graph_like_pytorch(model, back
     monkeypatch.setattr(model.network, "velocity", lambda *a: calls.append(1) or velocity(*a))
     model.reconstruct(plain.images, steps=2)
     assert calls == []
+
+
+def test_the_ldm_distilled_student_learns_the_ldms_own_map_digit_by_digit(tmp_path, tiny_first_stage_dir, tiny_ldm_dir,
+                                                                           fake_entry_points):
+    """flow-distill: pairs are the LDM's (noise, latent) for prompts "0".."9" in turn, the student
+    starts as the base flow (its class embedding at zero), learns per digit and samples in 1 NFE."""
+    from genlab.training import TrainConfig, train
+    from genlab_flow import FlowDistill
+    from genlab_ldm import LDM
+
+    fake_entry_points({"ldm": "genlab_ldm", "flow": "genlab_flow"})
+    base_dir = tmp_path / "base"
+    Flow.create_network(first_stage_model="ldm-autoencoder", first_stage_weights=str(tiny_first_stage_dir),
+                        calibration_dataset="digits", **LATENT_TINY).save_pretrained(base_dir)
+    teacher_options = {"sampler": "ddim", "steps": 3}
+    network = {"teacher_weights": str(tiny_ldm_dir), "teacher_options": teacher_options,
+               "init_weights": str(base_dir), "pairs": 20, "pair_batch": 10}
+    # before training the student is the base flow, whatever the digit
+    fresh = FlowDistill.from_network(FlowDistill.create_network(**network))
+    base = Flow(weights=base_dir)
+    for digit in (0, 7):
+        assert torch.allclose(fresh.sample(3, seed=2, options={"steps": 2, "digit": digit, "backend": "torch"}).images,
+                              base.sample(3, seed=2, options={"sampler": "euler", "steps": 2, "backend": "torch"}).images,
+                              atol=1e-6)
+    student = train(TrainConfig(model="flow-distill", dataset="digits", steps=8, batch_size=16, seed=0,
+                                learning_rate=1e-2, checkpoint_every=8, network=network),
+                    tmp_path / "student", progress=False)
+    config = json.loads((student / "config.json").read_text())
+    assert config["num_classes"] == 10 and config["reflow"]["pairs"] == 20 and config["reflow"]["nfe_per_pair"] == 3
+    assert config["reflow"]["teacher_options"]["prompt"] == "{digit}" and config["reflow"]["cpu_seconds"] >= 0
+    # the pairs are the LDM's sampler: seeded noise and the latents that sample() would decode
+    ldm = LDM(weights=tiny_ldm_dir)
+    options = {"prompt": "{digit}", "guidance": 1.0, **teacher_options, "backend": "torch", "precision": "fp32"}
+    noise, latents = ldm.sample_latents(10, seed=1_000_003, options=options)
+    assert torch.equal(noise, torch.randn((10, 4, 4, 4), generator=torch.Generator().manual_seed(1_000_003)))
+    assert torch.allclose(ldm.decode(latents * ldm.network.config.scale_factor),
+                          ldm.sample(10, seed=1_000_003, options=options).images, atol=1e-5)
+    made = FlowDistill.create_network(**network)
+    from genlab_flow import REFLOW_PAIRS
+
+    noises, ends, labels = REFLOW_PAIRS[made]
+    assert torch.equal(noises[:10], noise) and torch.allclose(ends[:10], latents * base.network.config.scale_factor)
+    assert labels.tolist() == [i % 10 for i in range(20)]
+    # trained, the digit changes the sample; -1 draws 0..9 in turn
+    model = FlowDistill(weights=student)
+    out = model.sample(4, seed=0, options={"steps": 1})
+    assert out.nfe == 1 and out.images.shape == (4, 1, 8, 8) and out.info["steps"] == 1
+    zeros, ones = (model.sample(2, seed=0, options={"steps": 1, "digit": d}).images for d in (0, 1))
+    assert not torch.allclose(zeros, ones)
+    assert torch.allclose(out.images[:2], torch.stack([zeros[0], ones[1]]), atol=1e-5)  # batches round apart
+    # one sentence for each wrong teacher setting
+    for bad, message in (({"teacher_options": {"prompt": "a 7"}}, "must hold {digit}"),
+                         ({"teacher_model": "ldm-autoencoder"}, "gives no latents"),
+                         ({"teacher_model": "nope"}, "teacher_model nope is unavailable")):
+        with pytest.raises(ValueError, match=message):
+            FlowDistill.create_network(**{**network, **bad})
+
+
+def test_a_class_conditional_flow_runs_on_an_exported_graph_like_pytorch(tmp_path, monkeypatch):
+    pytest.importorskip("onnxruntime")
+    from genlab_flow import FlowDistill
+
+    monkeypatch.setenv("GENLAB_CACHE", str(tmp_path / "cache"))
+    model = FlowDistill.from_network(tiny_net(num_classes=10))
+    with torch.no_grad():
+        model.network.class_embedding.weight.normal_()
+    plain = model.sample(10, seed=0, options={"steps": 2, "backend": "torch"})
+    graph = model.sample(10, seed=0, options={"steps": 2, "backend": "onnxruntime"})
+    assert graph.info["backend"] == "onnxruntime"
+    assert float((graph.images - plain.images).abs().max()) < 1e-4
