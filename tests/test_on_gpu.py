@@ -27,3 +27,43 @@ def test_an_eval_on_the_gpu_measures_every_column(tmp_path, tiny_vae_dir, tiny_l
     vae, ldm = metrics["models"]
     assert vae["interpolation"]["pairs"] == 2 and vae["fid"] > 0
     assert 0 <= ldm["prompts"]["prompt_accuracy"] <= 1 and ldm["fid"] > 0
+
+
+def test_every_family_trains_and_samples_on_the_gpu(tmp_path, fake_entry_points, monkeypatch):
+    """`genlab train` on a GPU machine: each model's network, its calibration (the LDM's and the latent
+    flow's latent scale) and its loss run on CUDA; the trained weights sample there, the images back on
+    the CPU, the same seed giving the same images."""
+    from conftest import TINY_DDPM_NETWORK, TINY_FIRST_STAGE
+
+    from genlab import get_model
+    from genlab.training import TrainConfig, train
+
+    monkeypatch.setenv("GENLAB_DEVICE", "cuda")
+    fake_entry_points({"vae": "genlab_vae", "ddpm": "genlab_ddpm", "ldm": "genlab_ldm", "flow": "genlab_flow"})
+
+    def fit(model, network, steps=4):
+        config = TrainConfig(model=model, dataset="digits", steps=steps, batch_size=16, seed=0, checkpoint_every=steps,
+                             network=network)
+        folder = train(config, tmp_path / model, progress=False)
+        assert (folder / "metadata.json").is_file()
+        assert json.loads((folder / "metadata.json").read_text())["device"].startswith("cuda")
+        return folder
+
+    first_stage = fit("ldm-autoencoder", TINY_FIRST_STAGE)
+    trained = {
+        "vae": fit("vae", {"image_size": 8, "latent_dim": 4, "channels": [8, 16], "hidden": 32}),
+        "ddpm": fit("ddpm", TINY_DDPM_NETWORK),
+        "ldm": fit("ldm", {"first_stage_weights": str(first_stage), "calibration_dataset": "digits",
+                           "block_out_channels": [16, 32], "text_hidden": 32, "num_train_timesteps": 50}),
+        "flow": fit("flow", {"first_stage_model": "ldm-autoencoder", "first_stage_weights": str(first_stage),
+                             "calibration_dataset": "digits", "block_out_channels": [8, 16],
+                             "down_block_types": ["DownBlock2D", "AttnDownBlock2D"],
+                             "up_block_types": ["AttnUpBlock2D", "UpBlock2D"], "norm_num_groups": 4}),
+    }
+    for model_id, folder in trained.items():
+        model = get_model(model_id, weights=str(folder))
+        assert model.device.type == "cuda"
+        options = {"steps": 3} if model_id != "vae" else {}
+        a, b = (model.sample(4, seed=1, options=options) for _ in range(2))
+        assert a.images.device.type == "cpu" and a.images.shape == (4, 1, 8, 8) and torch.isfinite(a.images).all()
+        assert torch.equal(a.images, b.images), model_id
