@@ -80,11 +80,19 @@ def load_classifier(weights: str | None = None):
 
 
 def classify(images) -> "torch.Tensor":  # noqa: F821
-    """Predicted digit for float images [B, C, H, W] in [0, 1]."""
+    """Predicted digit for float images [B, C, H, W] in [0, 1] (on the CPU, wherever the classifier runs)."""
+    return classifier_run(images, "forward").argmax(1)
+
+
+def classifier_run(images, what: str = "features") -> "torch.Tensor":  # noqa: F821
+    """The classifier's ``features`` (128-d) or logits (``forward``) of float images in [0, 1], on the
+    CPU. The images go to the classifier's device first: the eval moves the (shared) classifier to the
+    GPU when there is one, and every model gives its images on the CPU."""
     import torch
 
+    net = load_classifier()
     with torch.inference_mode():
-        return load_classifier()(images.float()).argmax(1)
+        return getattr(net, what)(images.float().to(net.device)).cpu()
 
 
 def train_classifier(out_dir: str | Path, *, epochs: int = 12, seed: int = 0, dataset: str = "mnist-5k") -> dict:

@@ -12,6 +12,9 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("GENLAB_BACKEND", "torch")
 # evals run in the test's own process (whose registry a test may fake); tests of several workers say so
 os.environ.setdefault("GENLAB_EVAL_WORKERS", "1")
+# the suite checks CPU arithmetic (exact comparisons with hand-made CPU computations), wherever it runs;
+# tests/test_on_gpu.py asks for CUDA itself, and is skipped where there is none
+os.environ.setdefault("GENLAB_DEVICE", "cpu")
 
 from genlab import plugins, registry  # noqa: E402
 

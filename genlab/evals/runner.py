@@ -559,7 +559,7 @@ def _interpolation(model, run: _Run, entry: ModelEntry, strip_path: Path) -> dic
     import torch
 
     from genlab.datasets import to_unit
-    from genlab.features import load_classifier
+    from genlab.features import classifier_run
     from genlab.images import grid
 
     from .measures import path_smoothness
@@ -568,13 +568,11 @@ def _interpolation(model, run: _Run, entry: ModelEntry, strip_path: Path) -> dic
     pairs = min(c.interpolation_pairs, len(run.heldout) // 2)
     order = torch.randperm(len(run.heldout), generator=torch.Generator().manual_seed(c.seed))[: 2 * pairs]
     x = to_unit(run.heldout.images[order])
-    classifier = load_classifier()
     paths, features = [], []
     for i in range(pairs):
         frames = model.interpolate(x[2 * i], x[2 * i + 1], steps=c.interpolation_steps).float().clamp(0, 1)
         paths.append(frames)
-        with torch.inference_mode():
-            features.append(classifier.features(frames))
+        features.append(classifier_run(frames, "features"))
     result = path_smoothness(torch.stack(features))
     strip = torch.cat(paths[:3])
     grid(strip, nrow=c.interpolation_steps, scale=2).save(strip_path)

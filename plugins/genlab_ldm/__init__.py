@@ -142,9 +142,10 @@ class LDM(Model):
         if first_stage_weights is None:
             return LatentDiffusion(**config)
         first_stage = LDMAutoencoder(weights=first_stage_weights).network
+        device = next(first_stage.parameters()).device  # the model's device: a GPU where there is one
         data = load_dataset(calibration_dataset, "train")
         with torch.no_grad():
-            z = torch.cat([first_stage.sample_latent(to_unit(batch), torch.Generator().manual_seed(0))
+            z = torch.cat([first_stage.sample_latent(to_unit(batch).to(device), torch.Generator().manual_seed(0)).cpu()
                            for batch in data.images[:calibration_images].split(250)])
         config.setdefault("scale_factor", round(float(1 / z.std()), 5))
         config.setdefault("band_edges", captions.band_edges(captions.measure(data.images.numpy())))
