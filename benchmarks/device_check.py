@@ -2,15 +2,15 @@
 
     python -m benchmarks.device_check [--device cuda] [--batch 256]
 
-For every bundled model (the VAE, the DDPM, the LDM's first stage, the LDM, the flow and its reflow
-student) on ``--device`` (default: auto, i.e. CUDA or MPS when there is one): sampling at each model's
-best-FID setting, timed against the CPU; the same seed twice on the device (identical?) and against the
-CPU (how far apart; GPUs round differently); genlab's samplers against diffusers' own loops on the same
-device, weights, steps, batch and seed (DDIMPipeline for the DDPM, the latent loop for the LDM);
-encode/decode/reconstruct, the likelihood bound, attention maps, DDIM and ODE inversion; the eval's
-feature network on the device against the CPU. Prints one line per check and ends with "all N checks
-passed" or the list of failures (exit 1); ``--out FILE`` also writes them as JSON. Meant for a lent GPU
-machine; on a CPU-only machine it checks the CPU path and says so.
+For every bundled model (the VAE, the DDPM, the LDM's first stage, the LDM, the flow and its two
+few-step students) on ``--device`` (default: auto, i.e. CUDA or MPS when there is one): sampling at
+each model's best-FID setting, timed against the CPU; the same seed twice on the device (identical?)
+and against the CPU (how far apart; GPUs round differently); genlab's samplers against diffusers' own
+loops on the same device, weights, steps, batch and seed (DDIMPipeline for the DDPM, the latent loop
+for the LDM); encode/decode/reconstruct, the likelihood bound, attention maps, DDIM and ODE
+inversion; the eval's feature network on the device against the CPU. Prints one line per check and
+ends with "all N checks passed" or the list of failures (exit 1); ``--out FILE`` also writes them as
+JSON. Meant for a lent GPU machine; on a CPU-only machine it checks the CPU path and says so.
 """
 
 from __future__ import annotations
@@ -27,6 +27,7 @@ BEST = {
     "ldm": {"prompt": "{digit}", "guidance": 1.0, "sampler": "dpm-solver++", "steps": 10},
     "flow": {"sampler": "heun", "steps": 8},
     "flow-reflow": {"sampler": "euler", "steps": 4},
+    "flow-distill": {"sampler": "euler", "steps": 4},
 }
 # genlab's sampler against diffusers' own loop on the same device (benchmarks.common's baselines)
 VERSUS = [("ddpm", {"sampler": "ddim", "steps": 50}, "diffusers DDIMPipeline"),
@@ -84,7 +85,7 @@ def main(argv=None) -> int:
             traceback.print_exc(limit=3)
 
     heldout = to_unit(load_dataset("mnist-5k", "heldout").images[:16])
-    models = {m: (get_model(m, device=device), get_model(m, device=cpu)) for m in ("vae", "ddpm", "ldm-autoencoder", "ldm", "flow", "flow-reflow")}
+    models = {m: (get_model(m, device=device), get_model(m, device=cpu)) for m in ("vae", "ddpm", "ldm-autoencoder", "ldm", "flow", "flow-reflow", "flow-distill")}
 
     for model_id, options in BEST.items():
         on, off = models[model_id]

@@ -60,6 +60,10 @@ def test_every_family_trains_and_samples_on_the_gpu(tmp_path, fake_entry_points,
                              "down_block_types": ["DownBlock2D", "AttnDownBlock2D"],
                              "up_block_types": ["AttnUpBlock2D", "UpBlock2D"], "norm_num_groups": 4}),
     }
+    # the LDM's few-step student: the LDM's pairs made on the GPU, the base flow's weights to start from
+    trained["flow-distill"] = fit("flow-distill", {"teacher_weights": str(trained["ldm"]), "init_weights": str(trained["flow"]),
+                                                   "teacher_options": {"sampler": "ddim", "steps": 2}, "pairs": 20,
+                                                   "pair_batch": 10})
     for model_id, folder in trained.items():
         model = get_model(model_id, weights=str(folder))
         assert model.device.type == "cuda"
