@@ -381,6 +381,9 @@ def test_the_ldm_distilled_student_learns_the_ldms_own_map_digit_by_digit(tmp_pa
     zeros, ones = (model.sample(2, seed=0, options={"steps": 1, "digit": d}).images for d in (0, 1))
     assert not torch.allclose(zeros, ones)
     assert torch.allclose(out.images[:2], torch.stack([zeros[0], ones[1]]), atol=1e-5)  # batches round apart
+    for method in (model.encode, model.reconstruct, model.edit):  # the base flow's, which need the digit
+        with pytest.raises(GenlabError, match="cannot"):
+            method(torch.zeros(1, 1, 8, 8))
     # one sentence for each wrong teacher setting
     for bad, message in (({"teacher_options": {"prompt": "a 7"}}, "must hold {digit}"),
                          ({"teacher_model": "ldm-autoencoder"}, "gives no latents"),

@@ -281,7 +281,7 @@ class Flow(Model):
         if getattr(self, "_velocity_module", (None, None))[0] is not net:
             self._velocity_module = (net, Velocity(net).eval())
         shape = self.latent_shape()
-        classes = net.config.num_classes  # a class-conditional flow takes labels as a third input
+        classes = getattr(net.config, "num_classes", None)  # a class-conditional flow takes labels as a third input
 
         def example(batch):
             labels = (torch.zeros(batch, dtype=torch.long),) if classes else ()
@@ -303,7 +303,7 @@ class Flow(Model):
 
         times = torch.full((len(x),), float(t), device=x.device)
         if run is None:
-            return self.network.velocity(x, times.to(x.dtype), labels)
+            return self.network.velocity(x, times.to(x.dtype), *(() if labels is None else (labels,)))
         return run(x, times, *(() if labels is None else (labels,))).to(x.device)
 
     def _step(self, x, t: float, s: float, sampler: str, run=None, labels=None):
@@ -535,6 +535,22 @@ class FlowDistill(Flow):
             "euler", description="ODE solver: euler, 1 network evaluation per step; heun, 2 per step but the last")
         steps: int = Field(4, ge=1, le=1000, description="ODE steps from noise to digit; NFE = steps (euler), 2 steps - 1 (heun)")
         digit: int = Field(-1, ge=-1, le=9, description="The digit to draw; -1: 0 to 9 in turn, as the LDM's {digit} prompt")
+
+    # what the base flow does by ODE inversion needs an image's digit here: one sentence, not a traceback
+    def encode(self, images, *args, **kwargs):
+        self.require(Capability.ENCODE)
+
+    def decode(self, latents, *args, **kwargs):
+        self.require(Capability.DECODE)
+
+    def reconstruct(self, images, *args, **kwargs):
+        self.require(Capability.RECONSTRUCT)
+
+    def interpolate(self, start, end, *args, **kwargs):
+        self.require(Capability.INTERPOLATE)
+
+    def edit(self, images, *args, **kwargs):
+        self.require(Capability.IMAGE_TO_IMAGE)
 
     def labels(self, count: int, opts):
         import torch
