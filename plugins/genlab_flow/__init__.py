@@ -9,12 +9,17 @@ taken as an Euler step, as Karras et al. (2022) do: the evaluation it saves is a
 2-4 NFE budget. Heun with n steps costs 2n - 1 NFE. At every step, x̂_0 = x_t - t v is the model's
 current guess of the clean image.
 
-Two models, one family:
+Three models, one family:
 - ``flow``: the base flow (1-rectified flow), trained on independent (data, noise) pairs. Its paths
   bend where they cross, so it needs several steps.
-- ``flow-reflow``: the few-step variant, 2-rectified flow. The base flow's ODE maps seeded noises to
+- ``flow-reflow``: a few-step variant, 2-rectified flow. The base flow's ODE maps seeded noises to
   samples; a student, starting from the base weights, is trained on those (noise, sample) pairs.
   Their straight lines rarely cross, so one Euler step lands near where the teacher's many steps do.
+- ``flow-distill``: the few-step variant with the better teacher: the LDM (the bundled diffusion model
+  at its best) maps seeded noises to latents with its own sampler, prompted "0".."9" in turn; a
+  class-conditional student, starting from the base weights, learns those straight lines given the
+  digit (the LDM without a prompt is a poor teacher, so the digit is part of the map). It asks the
+  registry for the LDM and uses its ``sample_latents``.
 
 The flow moves pixels (scaled to [-1, 1]) or, when trained with ``first_stage_model``, the latents of
 a registered autoencoder (the bundled weights: the LDM's first stage, 4x8x8), which it asks genlab's
