@@ -57,7 +57,7 @@ def main(argv=None) -> None:
     parser.add_argument("--seeds", default="0,1,2")
     parser.add_argument("--folder", default=None, help="the samples/ folder to read (default: the row's newest)")
     args = parser.parse_args(argv)
-    slug = re.sub(r"[^A-Za-z0-9_.-]+", "_", args.row)
+    slug = re.sub(r"[^0-9A-Za-z_.-]", "_", args.row)  # the runner's folder names
     folders = ([Path(args.report) / "samples" / args.folder] if args.folder else
                sorted((Path(args.report) / "samples").glob(f"{slug}-*"), key=lambda p: p.stat().st_mtime))
     if not folders:

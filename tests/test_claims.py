@@ -110,6 +110,22 @@ def test_the_flow_family_gets_a_line_in_the_generation_and_speed_claims():
     assert "flow-matching" not in {c["aspect"]: c for c in seed_claims(RESULT)}["Generation"]["measured"]
 
 
+def test_a_flow_matches_diffusion_only_where_every_n_agrees():
+    """Within two seed spreads at the floor's N, but clearly behind at the suite's larger N (whose
+    spread is smaller): the flow does not match the LDM, and the verdict says at which N."""
+    result = _with_flow(45.0, 38.0, 31.0, 28.0)  # 31 at 4 NFE: within 2 x 1.0 of the LDM's 30
+    for row in result["models"]:
+        row["eq_fid"], row["spread"] = row["fid"], {"fid": 0.2, "eq_fid": 1.0}
+        row["fid"] = row["fid"] - 10 if row["family"] == "latent-diffusion" else row["fid"] - 6
+    generation = {c["aspect"]: c for c in seed_claims(result)}["Generation"]
+    assert generation["verdict"] == "held"
+    assert ("does not reach the best diffusion model's quality (ldm) in 4 NFE or fewer (flow euler-4 at the "
+            "suite's N: FID 25.000 against 20.000, more than twice the larger seed spread (0.20) apart)") in generation["why"]
+    for row in result["models"]:  # as close at the suite's N, with the same spread: it matches
+        row["fid"], row["spread"]["fid"] = row["eq_fid"], 1.0
+    assert {c["aspect"]: c for c in seed_claims(result)}["Generation"]["verdict"] == "partly held"
+
+
 def test_the_flow_row_a_verdict_cites_is_in_its_line():
     result = _with_flow(45.0, 38.0, 41.0, 28.0)
     result["models"].append(_row("flow heun-2", "flow-matching", fid=30.5, nfe=3, images_per_second=1000.0))
