@@ -1,6 +1,9 @@
 """Recompute a report row's FID at equal N from its own sample shards, without genlab's metric code.
 
-    python -m benchmarks.recompute_fid REPORT_FOLDER ROW_LABEL [--n 500] [--seeds 0,1,2]
+    python -m benchmarks.recompute_fid RUN_FOLDER ROW_LABEL [--n 500] [--seeds 0,1,2]
+
+RUN_FOLDER is where `genlab eval SUITE --out RUN_FOLDER` wrote its samples/ (they are not committed
+with a report: redraw them with the suite, which is seeded).
 
 Reads the row's seeded shards (uint8 images, in order), takes the first N of each seed, draws the
 seed's reference digits as the runner does (the mnist-5k train split, permuted by the seed, first N)
@@ -42,6 +45,8 @@ def shards(folder: Path):
     from safetensors.torch import load_file
 
     paths = sorted(folder.glob("shard-*.safetensors"))
+    if not paths:
+        raise SystemExit(f"no sample shards in {folder}: give the folder `genlab eval` wrote them to")
     return torch.cat([load_file(str(p))["images"] for p in paths])
 
 
@@ -72,7 +77,8 @@ def main(argv=None) -> None:
         rows.append(frechet(sample, reference))
         floors.append(frechet(heldout, reference))
     print(f"{args.row} ({folders[-1].name}), N = {args.n}: FID {np.mean(rows):.2f} ± {np.std(rows, ddof=1):.2f} "
-          f"(per seed {', '.join(f'{v:.2f}' for v in rows)}); floor {np.mean(floors):.2f} ± {np.std(floors, ddof=1):.2f}; "
+          f"(per seed {', '.join(f'{v:.2f}' for v in rows)}); floor {np.mean(floors):.2f} ± {np.std(floors, ddof=1):.2f} "
+          f"(per seed {', '.join(f'{v:.2f}' for v in floors)}); "
           f"ratio {np.mean(rows) / np.mean(floors):.3f}")
 
 
