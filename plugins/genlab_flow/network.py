@@ -87,4 +87,4 @@ class Velocity(torch.nn.Module):
         self.network = network
 
     def forward(self, sample, t, labels=None):
-        return self.network.velocity(sample, t, labels)
+        return self.network.velocity(sample, t) if labels is None else self.network.velocity(sample, t, labels)
