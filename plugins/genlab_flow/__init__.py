@@ -91,6 +91,16 @@ def weights_digest(folder) -> str:
     return digest.hexdigest()
 
 
+def held_pairs(network, model_id: str, setting: str) -> tuple:
+    """The teacher pairs a student network was made with, or one sentence: weights loaded from a
+    checkpoint hold none (they are made by ``create_network``, in memory)."""
+    pairs = REFLOW_PAIRS.get(unwrap(network))
+    if pairs is None:
+        raise GenlabError(f"this {model_id} network holds no teacher pairs: train it from a config with "
+                          f"{setting} (weights loaded from a checkpoint are for sampling)")
+    return pairs
+
+
 def autoencoder(model_id: str, weights: str | None = None):
     """The registered model whose latents a flow moves, or one sentence saying why it cannot be used."""
     try:
@@ -511,11 +521,7 @@ class FlowReflow(Flow):
     def training_loss(self, network, batch, generator=None):
         import torch
 
-        pairs = REFLOW_PAIRS.get(unwrap(network))
-        if pairs is None:
-            raise GenlabError("this flow-reflow network holds no teacher pairs: train it from a config with "
-                              "teacher_weights (weights loaded from a checkpoint are for sampling)")
-        noises, ends = pairs
+        noises, ends = held_pairs(network, self.model_id, "teacher_weights")
         index = torch.randint(len(noises), (len(batch["images"]),), generator=generator)
         return self.flow_loss(network, ends[index], noises[index], generator)
 
@@ -633,11 +639,7 @@ class FlowDistill(Flow):
     def training_loss(self, network, batch, generator=None):
         import torch
 
-        pairs = REFLOW_PAIRS.get(unwrap(network))
-        if pairs is None:
-            raise GenlabError("this flow-distill network holds no teacher pairs: train it from a config with "
-                              "teacher_model (weights loaded from a checkpoint are for sampling)")
-        noises, ends, labels = pairs
+        noises, ends, labels = held_pairs(network, self.model_id, "teacher_model")
         index = torch.randint(len(noises), (len(batch["images"]),), generator=generator)
         return self.flow_loss(network, ends[index], noises[index], generator, labels=labels[index])
 
