@@ -206,6 +206,8 @@ class LDM(Model):
                                       probe_inputs=net.denoiser_probe_inputs)
 
     def _reverse_unlocked(self, count, seed, opts, attention, decode=True):
+        """(images, nfe, notes, prompt, attention recorder, runner); with ``decode=False``, (the noise it
+        started from, the latents it ended at) instead, for ``sample_latents``."""
         import torch
 
         from .attention import AttentionRecorder
