@@ -2,6 +2,11 @@
 # The GPU checks, as one script for a borrowed GPU machine (no network there): run from the repository
 # root with the wheels genlab needs beyond that machine's own PyTorch image in .whl/ and genlab's
 # egg-info (its plugin entry points) beside the code. Writes logs and results to $OUT.
+# The wheels, fetched where pip has network (the GPU machine's image has PyTorch, transformers,
+# accelerate, onnxruntime; Python 3.12):
+#   pip download --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
+#     --platform manylinux2014_x86_64 -d .whl diffusers==0.42.1 pydantic==2.14.4 pydantic_core==2.50.5 \
+#     annotated-types typing-inspection mlxtend torch-fidelity prdc clean-fid nh3
 #   1. benchmarks.device_check on CUDA: every bundled model sampled there (same seed twice, against the
 #      CPU), genlab's samplers against diffusers' own loops on the GPU, inversion, likelihood, features;
 #   2. the bundled report (evals/bundled.toml) drawn on the GPU, timed, its metrics kept for comparison
