@@ -16,7 +16,6 @@ genlab's FID code would show as a disagreement.
 from __future__ import annotations
 
 import argparse
-import re
 from pathlib import Path
 
 import numpy as np
@@ -54,6 +53,7 @@ def main(argv=None) -> None:
     import torch
 
     from genlab import load_dataset
+    from genlab.evals.runner import _slug  # how the runner names a row's samples/ folder (not metric code)
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("report")
@@ -62,7 +62,7 @@ def main(argv=None) -> None:
     parser.add_argument("--seeds", default="0,1,2")
     parser.add_argument("--folder", default=None, help="the samples/ folder to read (default: the row's newest)")
     args = parser.parse_args(argv)
-    slug = re.sub(r"[^0-9A-Za-z_.-]", "_", args.row)  # the runner's folder names
+    slug = _slug(args.row)
     folders = ([Path(args.report) / "samples" / args.folder] if args.folder else
                sorted((Path(args.report) / "samples").glob(f"{slug}-*"), key=lambda p: p.stat().st_mtime))
     if not folders:

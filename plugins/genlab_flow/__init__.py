@@ -611,7 +611,7 @@ class FlowDistill(Flow):
             noise, latents = teacher.sample_latents(count, seed=pair_seed * 1_000_003 + i, options=options)
             noises.append(noise)
             ends.append(latents * base.network.config.scale_factor)
-            labels.append(torch.arange(count) % 10)
+            labels.append(torch.arange(count) % 10)  # the teacher's {digit}: 0 to 9 in turn within each call
         cpu_seconds = time.process_time() - started
         # the teacher's latents must be the flow's first stage's: decoded by both, they are the same images
         probe = ends[0][:8] / base.network.config.scale_factor
