@@ -9,7 +9,8 @@ best-FID setting and with guidance), each timed A/B/A/B with medians over ``--re
 it samples by default (``backend=auto``: the probe's choice for this machine) and as plain PyTorch fp32
 (``backend=torch precision=fp32``). Then the LDM against the DDPM at each one's best FID, VAE images/s,
 Inception-v3 features/s, and the UNets' achieved GFLOP/s as a fraction of this CPU's peak (measured in
-the same run). The machine, its load (before and after) and the choices the probe made are printed and
+the same run), with the fp32 ceiling: the most any fp32 sampler could gain on diffusers' loop with the
+same FLOPs, were every one of them to run at that peak. The machine, its load (before and after) and the choices the probe made are printed and
 written to ``benchmarks/results/latest.json`` and ``latest.md``.
 """
 
@@ -87,6 +88,9 @@ def compare(name, model, options, what, *, batch, seed, repeats, threads, peaks)
                              for k, v in speed.items()},
         "peak_used": {"genlab": ("bf16 conv" if ours.get("precision") == "bf16" else "fp32 conv"), "others": "fp32 conv",
                       "gflops": peak},
+        # the most any fp32 sampler could gain on diffusers here with the same FLOPs: every FLOP of every
+        # call at the measured fp32 convolution peak, and nothing else costing time
+        "fp32_ceiling_ratio": round(peaks["fp32 conv"] / (work / (batch / speed[what]) / 1e9), 2),
     }
 
 
@@ -153,7 +157,8 @@ def main(argv=None) -> dict:
             print(f"  {name:<44} {what}: {speeds[what]:7.1f}  genlab plain: {speeds['genlab, plain PyTorch fp32']:7.1f}"
                   f"  genlab ({row['genlab_runs_on'].get('backend')} {row['genlab_runs_on'].get('precision')}): "
                   f"{speeds['genlab']:7.1f} images/s  ->  {row['ratio']:.2f}x (plain {row['plain_ratio']:.2f}x); "
-                  f"max |diff| {row['max_abs_diff_vs_baseline']:.1e}; {row['fraction_of_peak']['genlab']:.0%} of peak",
+                  f"max |diff| {row['max_abs_diff_vs_baseline']:.1e}; {row['fraction_of_peak']['genlab']:.0%} of peak; "
+                  f"fp32 ceiling {row['fp32_ceiling_ratio']:.2f}x",
                   flush=True)
         by = {r["comparison"]: r for r in result["comparisons"] if r["threads"] == threads}
         ddpm_best, ldm_best = by.get(CASES[1][0]), by.get(CASES[2][0])
@@ -212,8 +217,8 @@ def markdown(r: dict) -> str:
         "Samplers against diffusers' own loops on the same weights, steps, batch, seed and guidance "
         "(images/s, medians of interleaved repeats; ratio = genlab / diffusers):", "",
         "| comparison | threads | diffusers | genlab plain fp32 | genlab (auto) | runs on | ratio | plain ratio "
-        "| max diff | UNet GFLOP/s | of peak | load |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|",
+        "| max diff | UNet GFLOP/s | of peak | fp32 ceiling | load |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for c in r["comparisons"]:
         s = c["images_per_s"]
@@ -224,7 +229,7 @@ def markdown(r: dict) -> str:
             f"**{c['ratio']:.2f}x** | {c['plain_ratio']:.2f}x | {c['max_abs_diff_vs_baseline']:.1e} | "
             f"{c['gflops']['genlab']:.0f} (diffusers {c['gflops'][c['baseline']]:.0f}) | "
             f"{c['fraction_of_peak']['genlab']:.0%} of {c['peak_used']['genlab']} "
-            f"(diffusers {c['fraction_of_peak'][c['baseline']]:.0%}) | {c['load']} |")
+            f"(diffusers {c['fraction_of_peak'][c['baseline']]:.0%}) | {c.get('fp32_ceiling_ratio', 'n/a')}x | {c['load']} |")
     lines += ["", "| threads | LDM / DDPM at best FID | LDM images/s | DDPM images/s | VAE images/s | "
               "Inception-v3 features/s | peaks now (file), GFLOP/s | load |", "|---|---|---|---|---|---|---|---|"]
     for f in r["families"]:
