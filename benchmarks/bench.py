@@ -10,8 +10,9 @@ it samples by default (``backend=auto``: the probe's choice for this machine) an
 (``backend=torch precision=fp32``). Then the LDM against the DDPM at each one's best FID, VAE images/s,
 Inception-v3 features/s, and the UNets' achieved GFLOP/s as a fraction of this CPU's peak (measured in
 the same run), with the fp32 ceiling: the most any fp32 sampler could gain on diffusers' loop with the
-same FLOPs, were every one of them to run at that peak. The machine, its load (before and after) and the choices the probe made are printed and
-written to ``benchmarks/results/latest.json`` and ``latest.md``.
+same FLOPs, were every one of them to run at that peak. The machine, its load (before and after) and
+the choices the probe made are printed and written to ``benchmarks/results/latest.json`` and
+``latest.md``.
 """
 
 from __future__ import annotations

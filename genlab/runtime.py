@@ -444,8 +444,8 @@ class OnnxRuntimeRunner:
     def _run(self, arrays):
         import numpy as np
 
-        # at most GRAPH_CHUNK rows a call: the bundled DDPM's UNet ran 555 images/s in chunks of 64
-        # against 508 in one batch of 250 (one thread; 548 against 499 with the other core busy too)
+        # at most GRAPH_CHUNK rows a call: the bundled DDPM's UNet ran 536 images/s in chunks of 64
+        # against 471 in one batch of 250 (one thread, medians of 6 interleaved runs)
         outs = [self.session.run(None, {n: a[start:start + GRAPH_CHUNK] for n, a in zip(self.input_names, arrays) if n})[0]
                 for start in range(0, len(arrays[0]), GRAPH_CHUNK)]  # run releases the GIL: slices run in parallel
         return outs[0] if len(outs) == 1 else np.concatenate(outs)
