@@ -110,7 +110,9 @@ class LDM(Model):
         backend: runtime.Backend = runtime.backend_field()
         precision: runtime.Precision = runtime.precision_field()
 
-    # whether precision=auto may choose bf16: only where FID at N = 1,000 showed it harmless
+    # precision=auto keeps fp32: on the bundled LDM (DPM-Solver++ 10, guidance 1, N = 1,000, seeds 0-2,
+    # benchmarks/sampler_fid.py) OpenVINO bf16 gave FID 25.65 ± 0.29 against 25.06 ± 0.18 in fp32,
+    # higher on every seed by 0.38-0.73 (benchmarks/results/fid-ldm-1.0-dpm-solver++-10.json)
     bf16_harmless = False
 
     def __init__(self, weights=None):
