@@ -329,6 +329,19 @@ def test_graph_backends_run_the_ldm_whatever_its_conditioning(backend, condition
 
 
 @pytest.mark.parametrize("backend", GRAPH)
+def test_the_first_stage_decoder_runs_the_way_the_sampler_was_asked_to(backend):
+    model = tiny_ldm()
+    options = {"prompt": "{digit}", "guidance": 1.0, "steps": 2, "precision": "fp32"}
+    a = model.sample(3, seed=0, options={**options, "backend": "torch"}).images
+    b = model.sample(3, seed=0, options={**options, "backend": backend}).images
+    torch.testing.assert_close(b, a, atol=1e-4, rtol=0)
+    decoders = {key[2].backend for key in model._genlab_runners if key[0].startswith("first-stage")}
+    assert decoders == {"torch", backend}  # each sample decoded where its UNet ran
+    z = torch.randn(3, *model.latent_shape(), generator=torch.Generator().manual_seed(1))
+    torch.testing.assert_close(model.decoder(backend)(z), model.decoder("torch")(z), atol=1e-5, rtol=0)
+
+
+@pytest.mark.parametrize("backend", GRAPH)
 def test_graph_batches_past_the_largest_chunk_are_run_in_chunks(backend, monkeypatch):
     model = tiny_ddpm()
     x = torch.randn(70, 1, 8, 8, generator=torch.Generator().manual_seed(0))

@@ -209,12 +209,17 @@ class Flow(Model):
         # a copy outside inference mode: training backpropagates
         return z.to(self.device).clone() * self.network.config.scale_factor
 
-    def from_space(self, x):
-        """What the flow moves -> images in [0, 1], on the CPU."""
+    def from_space(self, x, backend: str = "auto"):
+        """What the flow moves -> images in [0, 1], on the CPU; a first stage whose ``decode`` takes a
+        ``backend`` (ldm-autoencoder's) decodes the way the flow's sampler was asked to run."""
+        import inspect
+
         first_stage = self.first_stage()
         if first_stage is None:
             return ((x + 1) / 2).clamp(0, 1).cpu()
-        return first_stage.decode(x.cpu() / self.network.config.scale_factor).clamp(0, 1)
+        takes_backend = "backend" in inspect.signature(first_stage.decode).parameters
+        return first_stage.decode(x.cpu() / self.network.config.scale_factor,
+                                  **({"backend": backend} if takes_backend else {})).clamp(0, 1)
 
     def latent_shape(self):
         c = self.network.config  # the noise the ODE starts from
@@ -364,7 +369,7 @@ class Flow(Model):
                 if i == opts.steps - 1 or (record_every and i % record_every == 0):
                     yield {"step": i + 1, "steps": opts.steps, "t": round(s, 4), "nfe": nfe(opts.sampler, i + 1)
                            + (opts.sampler == "heun" and i < opts.steps - 1),  # nfe() counts the last Heun step as one
-                           "x_t": self.from_space(x_next), "x0_hat": self.from_space(x - t * v)}
+                           "x_t": self.from_space(x_next, opts.backend), "x0_hat": self.from_space(x - t * v, opts.backend)}
                 x = x_next
 
     def sample(self, count, *, seed=0, options=None) -> Samples:
@@ -375,7 +380,7 @@ class Flow(Model):
         run = self.runner(opts.backend, opts.precision)
         with torch.inference_mode():
             images = self.from_space(self.solve(self._noise(count, seed), opts.steps, opts.sampler, run=run,
-                                                labels=self.labels(count, opts)))
+                                                labels=self.labels(count, opts)), opts.backend)
         return Samples(images=images, nfe=nfe(opts.sampler, opts.steps), seconds=time.perf_counter() - start,
                        info={"sampler": opts.sampler, "steps": opts.steps, **runtime.describe_choice(run, self.device)})
 
@@ -452,7 +457,7 @@ class Flow(Model):
             x = (1 - strength) * x0 + strength * eps
             steps = max(1, round(opts.steps * strength))
             return self.from_space(self.solve(x, steps, opts.sampler, start=strength,
-                                              run=self.runner(opts.backend, opts.precision)))
+                                              run=self.runner(opts.backend, opts.precision)), opts.backend)
 
     # ----- the teacher's side of reflow ----------------------------------------------------------
     def pairs(self, count: int, *, seed: int = 0, sampler: str = "heun", steps: int = 8, batch_size: int = 500):

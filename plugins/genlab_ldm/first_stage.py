@@ -84,6 +84,11 @@ class FirstStage(ModelMixin, ConfigMixin):
             return self._from_model(self.autoencoder.decode(z).sample)
         return self._from_model(self.autoencoder.decode(z, force_not_quantize=False).sample)
 
+    @property
+    def latent_size(self) -> int:
+        """The latent's side: every stage but the last halves the padded image."""
+        return self.config.padded_size // 2 ** (len(self.config.block_out_channels) - 1)
+
     def forward(self, images, generator=None):
         """Training terms: {"loss", "recon", "reg"} for images in [0, 1]."""
         x = self._to_model(images)
@@ -100,3 +105,14 @@ class FirstStage(ModelMixin, ConfigMixin):
         # L1 on the [-1, 1] image keeps edges sharper than MSE
         rec = (recon - x).abs().mean()
         return {"loss": rec + reg, "recon": rec.detach(), "reg": reg.detach()}
+
+
+class Decoder(torch.nn.Module):
+    """``FirstStage.decode`` as a module of one tensor in and one out, the form ``genlab.runtime`` runs."""
+
+    def __init__(self, first_stage: FirstStage):
+        super().__init__()
+        self.first_stage = first_stage
+
+    def forward(self, latents):
+        return self.first_stage.decode(latents)
